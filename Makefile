@@ -1,0 +1,47 @@
+# One-command entry points. Every target sets the environment up first when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_ROOT ?= ../shared/data
+DATASET ?= shapes
+OUT ?=
+QUICK ?=
+CACHE_ARGS ?=
+TRAIN_ARGS ?=
+
+.PHONY: setup test lint demo cache train ablations bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+cache: $(STAMP)
+	$(BIN)/python cache_clip.py $(DATASET) --data-root $(DATA_ROOT) $(CACHE_ARGS)
+
+train: $(STAMP)
+	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) $(TRAIN_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
+
+ablations: $(STAMP)
+	$(BIN)/epmvg ablations $(DATASET) --data-root $(DATA_ROOT) --out $(or $(OUT),ablations/$(DATASET)) $(if $(QUICK),--quick,)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.cache_bench --data-root $(DATA_ROOT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""EpmVG: visual grounding with cross-modal distillation from a cached frozen CLIP teacher."""
