@@ -15,7 +15,9 @@ TRAIN_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# compat: a plain path entry, so a folder named storage/ elsewhere on sys.path (dask workers' spill
+	# directory) cannot shadow our package as a namespace package
+	$(BIN)/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,11 @@
+"""Phase 1 entry point, the same as `epmvg cache build`: embed a dataset with the frozen CLIP teacher.
+
+python cache_clip.py refcocog --data-root DATA_ROOT [--teacher ViT-B-16 --pretrained openai]
+"""
+
+import typer
+
+from pipeline.cli import cache_build
+
+if __name__ == "__main__":
+    typer.run(cache_build)

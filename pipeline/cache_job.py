@@ -1,0 +1,311 @@
+"""Phase 1: run the frozen CLIP teacher once over a dataset and keep [DIE]/[DTE] in a feature store.
+
+data (which images and expressions) + teacher (how to embed them) + storage (where they go).
+Rows: one image row per unique image (variant 0 as is, 1 horizontally flipped), one text row per
+unique normalized expression and per left/right-swapped variant; index arrays map every record of
+every split to its rows (-1 for records that were skipped).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import storage
+from pipeline.data import (
+    available_splits,
+    dataset_files,
+    load_split,
+    normalize_expression,
+    select_samples,
+    swap_left_right,
+    validate_samples,
+)
+from pipeline.data.sample import Sample
+from pipeline.teacher import Teacher, TeacherConfig, build_teacher
+
+log = logging.getLogger(__name__)
+
+IMAGES, TEXTS = "images", "texts"
+INDEX_FIELDS = ("image_row", "text_row", "text_swapped_row")
+
+
+@dataclass(frozen=True)
+class CacheJobConfig:
+    dataset: str
+    data_root: Path
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    out: Path | None = None  # default: cache/<dataset>/<fingerprint prefix>
+    dtype: str = "float16"
+    batch_size: int = 256
+    decode_workers: int = 4  # image-decoding processes per teacher process
+    workers: int = 1  # >1: that many dask workers on a LocalCluster
+    scheduler: str | None = None  # address of an existing dask scheduler
+    skip_missing: bool = False
+    force: bool = False
+    image_shard_rows: int = 2048
+    text_shard_rows: int = 8192
+    progress: bool = True
+
+
+@dataclass
+class CachePlan:
+    """What the store will hold, decided from the data alone (no teacher needed)."""
+
+    image_keys: list[str]
+    image_paths: list[Path]
+    text_keys: list[str]
+    indices: dict[str, np.ndarray]
+    dataset_fingerprint: dict[str, Any]
+    report: dict[str, Any]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(dataset: str, data_root: Path) -> dict[str, Any]:
+    """The dataset part of a store's fingerprint: the name and the hash of every source file."""
+    files = dataset_files(dataset, data_root)
+    return {"name": dataset, "files": {path.name: file_sha256(path) for path in files}}
+
+
+def plan_cache(dataset: str, data_root: Path, skip_missing: bool) -> CachePlan:
+    """Decide the rows and index arrays of a dataset's store; refuse or count bad samples."""
+    splits = available_splits(dataset, data_root)
+    if not splits:
+        raise FileNotFoundError(f"no split files for {dataset!r} under {data_root}")
+    records = {split: load_split(dataset, split, data_root) for split in splits}
+    every_sample = [sample for split in splits for sample in records[split]]
+    validation = validate_samples(every_sample, check_images=True)
+    kept = select_samples(every_sample, validation, skip_missing=skip_missing)
+
+    image_paths = {sample.image_key: sample.image_path for sample in kept}
+    image_keys = sorted(image_paths)
+    texts = {normalize_expression(sample.text) for sample in kept}
+    text_keys = sorted(texts | {swap_left_right(text) for text in texts})
+    image_row = {key: row for row, key in enumerate(image_keys)}
+    text_row = {key: row for row, key in enumerate(text_keys)}
+
+    indices = {}
+    for split in splits:
+        size = len(records[split])
+        rows = {name: np.full(size, -1, dtype=np.int32) for name in INDEX_FIELDS}
+        for sample in (s for s in kept if s.split == split):
+            text = normalize_expression(sample.text)
+            rows["image_row"][sample.index] = image_row[sample.image_key]
+            rows["text_row"][sample.index] = text_row[text]
+            rows["text_swapped_row"][sample.index] = text_row[swap_left_right(text)]
+        indices.update({f"{split}/{name}": array for name, array in rows.items()})
+
+    report = {
+        "splits": {split: len(records[split]) for split in splits},
+        "kept": len(kept),
+        "skipped": len(every_sample) - len(kept),
+        "problems": dict(validation.counts),
+        "dropped": dict(validation.dropped),
+    }
+    return CachePlan(
+        image_keys=image_keys,
+        image_paths=[image_paths[key] for key in image_keys],
+        text_keys=text_keys,
+        indices=indices,
+        dataset_fingerprint=dataset_fingerprint(dataset, data_root),
+        report=report,
+    )
+
+
+class _DecodedImages(Dataset):
+    """Decode + preprocess in DataLoader workers, so the teacher never waits on JPEG decoding."""
+
+    def __init__(self, paths: Sequence[Path], teacher: Teacher):
+        self.paths = list(paths)
+        self.load = teacher.load_image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.load(self.paths[index])
+
+
+def embed_images(teacher: Teacher, paths: Sequence[Path], batch_size: int, decode_workers: int) -> np.ndarray:
+    """[DIE] of each image and of its horizontal flip: [N, 2, d] float32."""
+    loader = DataLoader(
+        _DecodedImages(paths, teacher),
+        batch_size=batch_size,
+        num_workers=decode_workers,
+        pin_memory=teacher.config.device.startswith("cuda"),
+        persistent_workers=False,
+    )
+    batches = []
+    for pixels in loader:
+        both = torch.cat([pixels, pixels.flip(-1)])
+        embeddings = teacher.encode_images(both).cpu()
+        batches.append(torch.stack(embeddings.split(len(pixels)), dim=1))
+    return torch.cat(batches).numpy()
+
+
+def embed_texts(teacher: Teacher, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """[DTE] of each text: [N, d] float32. Texts are batched by length so trimmed contexts stay short."""
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    embeddings = np.empty((len(texts), teacher.embedding_dim), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        embeddings[rows] = teacher.encode_texts([texts[i] for i in rows]).cpu().numpy()
+    return embeddings
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard's worth of work, small enough to send to a dask worker."""
+
+    store: Path
+    table: str
+    shard: int
+    rows: tuple[int, int]
+    items: tuple[str, ...]  # image paths or texts
+
+
+def compute_shard(teacher: Teacher, task: ShardTask, config: CacheJobConfig) -> None:
+    """Embed one shard's rows and write them as one whole shard."""
+    if task.table == IMAGES:
+        values = embed_images(
+            teacher, [Path(p) for p in task.items], config.batch_size, config.decode_workers
+        )
+    else:
+        values = embed_texts(teacher, list(task.items), config.batch_size)
+    storage.write_shard(task.store, task.table, task.shard, values)
+
+
+def fingerprint_for(teacher: Teacher, plan: CachePlan, dtype: str) -> dict[str, Any]:
+    return {**teacher.fingerprint(), "dtype": dtype, "dataset": plan.dataset_fingerprint}
+
+
+def default_store_path(dataset: str, fingerprint: dict[str, Any]) -> Path:
+    return Path("cache") / dataset / storage.fingerprint_id(fingerprint)[:12]
+
+
+def build_cache(config: CacheJobConfig) -> Path:
+    """Run the cache job; resumes an interrupted store; returns the store's path."""
+    plan = plan_cache(config.dataset, config.data_root, config.skip_missing)
+    teacher = build_teacher(config.teacher)
+    fingerprint = fingerprint_for(teacher, plan, config.dtype)
+    out = config.out or default_store_path(config.dataset, fingerprint)
+    tables = {
+        IMAGES: storage.TableSpec(
+            rows=len(plan.image_keys),
+            row_shape=(2, teacher.embedding_dim),
+            dtype=config.dtype,
+            shard_rows=config.image_shard_rows,
+        ),
+        TEXTS: storage.TableSpec(
+            rows=len(plan.text_keys),
+            row_shape=(teacher.embedding_dim,),
+            dtype=config.dtype,
+            shard_rows=config.text_shard_rows,
+        ),
+    }
+    extra = {
+        "random_teacher": teacher.is_random,
+        "dataset": config.dataset,
+        "report": plan.report,
+        "teacher_config": {"model": config.teacher.model, "pretrained": config.teacher.pretrained},
+    }
+    with storage.StoreWriter.open(
+        out,
+        fingerprint=fingerprint,
+        tables=tables,
+        keys={IMAGES: plan.image_keys, TEXTS: plan.text_keys},
+        indices=plan.indices,
+        extra=extra,
+        force=config.force,
+        index_tables={name: IMAGES if name.endswith("image_row") else TEXTS for name in plan.indices},
+    ) as writer:
+        tasks = list(_pending_tasks(writer, out, plan))
+        log.info("%s: %d shards to compute", out, len(tasks))
+        if config.workers > 1 or config.scheduler:
+            _run_on_dask(tasks, config)
+        else:
+            _run_here(teacher, tasks, config)
+        writer.finalize()
+    return out
+
+
+def _pending_tasks(writer: storage.StoreWriter, out: Path, plan: CachePlan) -> Iterable[ShardTask]:
+    sources = {IMAGES: [str(p) for p in plan.image_paths], TEXTS: plan.text_keys}
+    for table, items in sources.items():
+        for shard in writer.pending_shards(table):
+            start, stop = writer.shard_range(table, shard)
+            yield ShardTask(out, table, shard, (start, stop), tuple(items[start:stop]))
+
+
+def _run_here(teacher: Teacher, tasks: list[ShardTask], config: CacheJobConfig) -> None:
+    with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
+        for task in tasks:
+            bar.set_description(f"{task.table} shard {task.shard}")
+            compute_shard(teacher, task, config)
+            bar.update(len(task.items))
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_teacher(teacher_config: TeacherConfig) -> Teacher:
+    # One teacher per worker process, built on the first shard and reused for the rest.
+    return build_teacher(teacher_config)
+
+
+def _dask_shard(task: ShardTask, config: CacheJobConfig) -> tuple[str, int]:
+    teacher_config = config.teacher
+    if teacher_config.device.startswith("cuda") and torch.cuda.device_count() > 1:
+        from distributed import get_worker
+
+        worker_id = int(get_worker().name) if str(get_worker().name).isdigit() else 0
+        teacher_config = TeacherConfig(
+            **{**teacher_config.__dict__, "device": f"cuda:{worker_id % torch.cuda.device_count()}"}
+        )
+    compute_shard(_worker_teacher(teacher_config), task, config)
+    return task.table, task.shard
+
+
+def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    if config.scheduler:
+        client, cluster = Client(config.scheduler), None
+    else:
+        # Non-daemonic workers may start the DataLoader processes that decode images.
+        with dask.config.set({"distributed.worker.daemon": False}):
+            cluster = LocalCluster(
+                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        client = Client(cluster)
+    try:
+        futures = client.map(_dask_shard, tasks, config=config, pure=False)
+        with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
+            sizes = {(t.table, t.shard): len(t.items) for t in tasks}
+            for future in as_completed(futures):
+                bar.update(sizes[future.result()])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def samples_rows(samples: Sequence[Sample]) -> np.ndarray:
+    """The split-file positions of samples: the keys into a store's index arrays."""
+    return np.fromiter((s.index for s in samples), dtype=np.int64, count=len(samples))

@@ -1,0 +1,328 @@
+"""The `epmvg` command line: data · cache · train · eval · predict · demo · ablations.
+
+Every command is a thin layer over a library function; `cache_clip.py` and `train_student.py` are
+thinner layers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+import storage
+from pipeline.data.cli import app as data_app
+
+app = typer.Typer(no_args_is_help=True, help="Visual grounding with cross-modal distillation (EpmVG).")
+cache_app = typer.Typer(no_args_is_help=True, help="Phase 1: the frozen-CLIP teacher feature cache.")
+app.add_typer(data_app, name="data", help="Dataset readers, checks and the synthetic shapes dataset.")
+app.add_typer(cache_app, name="cache")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+DATA_ROOT = typer.Option(Path("../shared/data"), "--data-root", help="folder with splits/ and images/")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cache_app.command("build")
+def cache_build(
+    dataset: str = typer.Argument(..., help="refcoco, refcoco+, refcocog, ..., shapes, or a .jsonl file"),
+    data_root: Path = DATA_ROOT,
+    out: Path | None = typer.Option(None, help="store folder [default: cache/<dataset>/<fingerprint>]"),
+    teacher: str = typer.Option("ViT-B-16", help="open_clip model name or model-config JSON path"),
+    pretrained: str = typer.Option("openai", help="open_clip tag, local checkpoint file, or 'none'"),
+    allow_random_teacher: bool = typer.Option(False, help="allow --pretrained none (tests only)"),
+    teacher_crop: str = typer.Option("letterbox", help="letterbox (whole image) or center (CLIP's crop)"),
+    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    dtype: str = typer.Option("float16", help="float16 or float32"),
+    batch_size: int = typer.Option(256),
+    decode_workers: int = typer.Option(4, help="image-decoding processes per teacher"),
+    workers: int = typer.Option(1, help=">1: run shards on that many dask workers (LocalCluster)"),
+    scheduler: str | None = typer.Option(None, help="address of an existing dask scheduler"),
+    skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
+    force: bool = typer.Option(False, help="wipe a store with another fingerprint and start over"),
+    image_shard_rows: int = typer.Option(2048),
+    text_shard_rows: int = typer.Option(8192),
+) -> None:
+    """Embed every image and expression of DATASET with the frozen teacher into a Zarr store."""
+    from pipeline.cache_job import CacheJobConfig, build_cache
+    from pipeline.teacher import TeacherConfig, TeacherWeightsError
+
+    _setup_logging()
+    config = CacheJobConfig(
+        dataset=dataset,
+        data_root=data_root,
+        teacher=TeacherConfig(
+            model=teacher,
+            pretrained=pretrained,
+            allow_random=allow_random_teacher,
+            crop=teacher_crop,
+            device=device,
+        ),
+        out=out,
+        dtype=dtype,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+        workers=workers,
+        scheduler=scheduler,
+        skip_missing=skip_missing,
+        force=force,
+        image_shard_rows=image_shard_rows,
+        text_shard_rows=text_shard_rows,
+    )
+    try:
+        path = build_cache(config)
+    except (TeacherWeightsError, storage.StoreError, FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"store complete: {path}")
+
+
+@cache_app.command("info")
+def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Summarize a store: fingerprint, tables, shards done, indices."""
+    info = storage.store_info(store)
+    _warn_if_random(info.get("extra", {}))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict | list) else value}")
+
+
+@cache_app.command("verify")
+def cache_verify(store: Path) -> None:
+    """Recompute every shard checksum; fail on unwritten, NaN or out-of-range rows."""
+    report = storage.verify_store(store)
+    for problem in report.problems:
+        typer.secho(f"problem: {problem}", fg="red", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {store}")
+
+
+@cache_app.command("export")
+def cache_export(store: Path, h5: Path = typer.Option(..., "--h5", help="HDF5 file to write")) -> None:
+    """Write the store as one HDF5 file (manifest in its attributes)."""
+    storage.export_hdf5(store, h5)
+    typer.echo(f"wrote {h5}")
+
+
+@cache_app.command("import")
+def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Option(..., "--out")) -> None:
+    """Recreate a store from an exported HDF5 file."""
+    storage.import_hdf5(h5, store)
+    typer.echo(f"wrote {store}")
+
+
+@app.command("train")
+def train(
+    dataset: str = typer.Argument(..., help="dataset name (see `epmvg data inspect`) or a .jsonl file"),
+    data_root: Path = DATA_ROOT,
+    out: Path = typer.Option(Path("runs/default"), help="run folder: checkpoints, metrics, plots"),
+    cache: Path | None = typer.Option(None, help="Phase-1 store with the teacher targets"),
+    distill: str = typer.Option("cached", help="none | cached | online"),
+    student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, tiny"),
+    image_size: int | None = typer.Option(None, help="override the preset's input size"),
+    epochs: int | None = typer.Option(None, help="default: the paper's (90; RefCOCO+ 180)"),
+    lr_drop: int | None = typer.Option(None, help="epoch of the x0.1 drop (default: the paper's)"),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-4),
+    lr_pretrained: float = typer.Option(1e-5, help="lr of the pretrained backbone and text encoder"),
+    weight_decay: float = typer.Option(1e-4),
+    warmup_epochs: float = typer.Option(0.0),
+    clip_grad: float = typer.Option(0.0, help="max gradient norm; 0 = off"),
+    giou_weight: float = typer.Option(1.0, help="lambda"),
+    image_weight: float = typer.Option(1.5, help="alpha, the [DIE] term"),
+    text_weight: float = typer.Option(2.0, help="beta, the [DTE] term"),
+    box_loss: str = typer.Option("smooth_l1", help="smooth_l1 | l1"),
+    distill_loss: str = typer.Option("cosine", help="cosine | l1"),
+    image_term: bool = typer.Option(True, help="distil the image embedding"),
+    text_term: bool = typer.Option(True, help="distil the text embedding"),
+    teacher: str = typer.Option("ViT-B-16", help="distill=online: open_clip model or config JSON"),
+    pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
+    allow_random_teacher: bool = typer.Option(False),
+    teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
+    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    workers: int = typer.Option(4, help="data-loading processes"),
+    seed: int = typer.Option(0),
+    max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
+    skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
+    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
+    compile: bool = typer.Option(False, help="torch.compile the student"),
+) -> None:
+    """Train the TransVG student; `torchrun --nproc-per-node N train_student.py ...` for DDP."""
+    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.train import train as run_training
+    from pipeline.losses import LossConfig
+
+    _setup_logging()
+    overrides = {"image_size": image_size} if image_size else {}
+    loss = LossConfig(
+        giou_weight=giou_weight,
+        image_weight=image_weight,
+        text_weight=text_weight,
+        box=box_loss,
+        distill=distill_loss,
+        image_term=image_term,
+        text_term=text_term,
+    )
+    try:
+        config = TrainConfig(
+            dataset=dataset,
+            data_root=data_root,
+            out=out,
+            student=student,
+            student_overrides=overrides,
+            distill=distill,
+            cache=cache,
+            teacher_model=teacher,
+            teacher_pretrained=pretrained,
+            allow_random_teacher=allow_random_teacher,
+            teacher_trainable=teacher_trainable,
+            loss=loss,
+            epochs=epochs,
+            lr_drop=lr_drop,
+            batch_size=batch_size,
+            lr=lr,
+            lr_pretrained=lr_pretrained,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            clip_grad=clip_grad,
+            workers=workers,
+            seed=seed,
+            device=device,
+            max_samples=max_samples,
+            skip_missing=skip_missing,
+            resume=resume,
+            compile=compile,
+        )
+        run_training(config)
+    except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
+    data_root: Path = DATA_ROOT,
+    dataset: str | None = typer.Option(None, help="default: the checkpoint's"),
+    splits: list[str] = typer.Option([], "--split", help="default: every split but train"),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    skip_missing: bool = typer.Option(False),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Acc@0.5 and mean IoU per split for a checkpoint."""
+    from pipeline.engine.evaluate import evaluate_checkpoint, format_table
+
+    results = evaluate_checkpoint(checkpoint, data_root, dataset, splits, batch_size, device, skip_missing)
+    typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Path = typer.Option(...),
+    image: Path = typer.Option(...),
+    text: str = typer.Option(...),
+    out: Path = typer.Option(Path("pred.png")),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Ground TEXT in IMAGE and draw the predicted box."""
+    from pipeline.engine.evaluate import load_student, predict_image
+    from pipeline.engine.plots import plot_prediction
+
+    model, _, _ = load_student(checkpoint, device)
+    box = predict_image(model, image, text)
+    plot_prediction(image, text, box, out)
+    typer.echo(json.dumps({"box_xyxy": [round(v, 1) for v in box], "out": str(out)}))
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo"), help="folder for data, cache, run and report"),
+    quick: bool = typer.Option(False, help="a seconds-long smoke version (tests)"),
+) -> None:
+    """Offline end to end on the synthetic shapes dataset: data, cache, train, eval, report."""
+    from pipeline.demo import DemoConfig, run_demo
+
+    _setup_logging()
+    summary = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
+    typer.echo(f"report: {out / 'report.md'} ({summary['wall_seconds']} s)")
+
+
+@app.command("ablations")
+def ablations(
+    dataset: str = typer.Argument("shapes"),
+    data_root: Path = DATA_ROOT,
+    out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
+    cache: Path | None = typer.Option(None, help="the Phase-1 store all variants share"),
+    student: str = typer.Option("transvg-r50"),
+    epochs: int | None = typer.Option(None),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
+) -> None:
+    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache."""
+    from pipeline.cache_job import CacheJobConfig, build_cache
+    from pipeline.demo import demo_teacher, ensure_shapes, quick_ablation_base, run_ablations
+    from pipeline.engine.config import TrainConfig
+
+    _setup_logging()
+    if dataset == "shapes" and not (data_root / "splits" / "shapes").is_dir():
+        data_root = ensure_shapes(out / "data", images=60 if quick else 600, seed=0)
+    if cache is None:
+        if dataset != "shapes":
+            typer.secho(
+                "error: pass --cache STORE (build it with `make cache DATASET=...`)", fg="red", err=True
+            )
+            raise typer.Exit(2)
+        typer.secho("note: building a cache with a RANDOM-weight tiny teacher (demo only)", fg="yellow")
+        cache = build_cache(
+            CacheJobConfig(
+                dataset=dataset,
+                data_root=data_root,
+                teacher=demo_teacher(),
+                out=out / "cache",
+                decode_workers=0,
+                skip_missing=True,
+            )
+        )
+    if quick:
+        base = quick_ablation_base(dataset, data_root, cache, out)
+    else:
+        base = TrainConfig(
+            dataset=dataset,
+            data_root=data_root,
+            out=out,
+            student=student,
+            cache=cache,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+        )
+    typer.echo(f"results: {run_ablations(base, out)}")
+
+
+def _warn_if_random(extra: dict) -> None:
+    if extra.get("random_teacher"):
+        typer.secho(
+            "warning: this store was made by a RANDOM-weight teacher (--pretrained none)",
+            fg="yellow",
+            err=True,
+        )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,278 @@
+"""Readers that turn each on-disk source format into `Sample`s.
+
+- ReSC/TransVG split files (`splits/<dir>/<dir>_<split>.pth`), through the allow-listed unpickler;
+- the refer toolkit's `refs(<splitBy>).p` + COCO `instances.json`;
+- a custom JSON-lines file.
+
+Every format error names the file and the record index (or line number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.data.errors import SplitFormatError, SplitNotFoundError
+from pipeline.data.safe_pickle import load_pickle
+from pipeline.data.sample import Sample
+
+BoxFormat = Literal["xywh", "xyxy"]
+BoxXYXY = tuple[float, float, float, float]
+
+_RESC_LAYOUTS = (
+    "(image_file, '<id>.pth', box, expression, attributes), (image_file, '<id>.pth', box, expression) "
+    "or (image_file, box, expression)"
+)
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """The fields of one split-file record that a `Sample` needs."""
+
+    image_file: str
+    source_id: str | None
+    box_xyxy: BoxXYXY
+    expression: str
+
+
+def _as_box(value: Any) -> tuple[float, float, float, float] | None:
+    """Four finite numbers from a list, tuple or numpy array, else None."""
+    if not isinstance(value, list | tuple | np.ndarray) or len(value) != 4:
+        return None
+    if any(isinstance(number, bool | str | bytes) for number in value):
+        return None
+    try:
+        x1, y1, x2, y2 = (float(number) for number in value)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(number) for number in (x1, y1, x2, y2)):
+        return None
+    return x1, y1, x2, y2
+
+
+def to_xyxy(box: tuple[float, float, float, float], box_format: BoxFormat) -> BoxXYXY:
+    """Convert a box given in `box_format` to pixel x1 y1 x2 y2."""
+    if box_format == "xyxy":
+        return box
+    x, y, width, height = box
+    return (x, y, x + width, y + height)
+
+
+def _strip_pth(source_id: str) -> str:
+    return source_id[: -len(".pth")] if source_id.endswith(".pth") else source_id
+
+
+def parse_resc_record(record: Any, box_format: BoxFormat, where: str) -> ParsedRecord:
+    """Parse one ReSC record (any of the layouts in `_RESC_LAYOUTS`); `where` prefixes errors."""
+    if not isinstance(record, tuple | list) or not 3 <= len(record) <= 5:
+        raise SplitFormatError(f"{where}: expected a record {_RESC_LAYOUTS}, got {type(record).__name__}")
+    if len(record) >= 4 and isinstance(record[1], str):
+        image_file, source_id, raw_box, expression = record[:4]
+    elif len(record) <= 4:
+        (image_file, raw_box, expression), source_id = record[:3], None
+    else:
+        raise SplitFormatError(f"{where}: unknown record layout; expected {_RESC_LAYOUTS}")
+    box = _as_box(raw_box)
+    if not isinstance(image_file, str) or box is None or not isinstance(expression, str):
+        raise SplitFormatError(
+            f"{where}: unknown record layout (image {type(image_file).__name__}, box {raw_box!r}, "
+            f"expression {type(expression).__name__}); expected {_RESC_LAYOUTS}"
+        )
+    return ParsedRecord(
+        image_file=image_file,
+        source_id=None if source_id is None else _strip_pth(source_id),
+        box_xyxy=to_xyxy(box, box_format),
+        expression=expression,
+    )
+
+
+def _image_key(relative: str, where: str) -> str:
+    """A normalized POSIX path relative to the image directory."""
+    key = PurePosixPath(relative.replace("\\", "/"))
+    if key.is_absolute() or not key.parts:
+        raise SplitFormatError(f"{where}: image path {relative!r} must be relative to the image directory")
+    return key.as_posix()
+
+
+def read_resc_split(path: Path, split: str, image_dir: Path, box_format: BoxFormat) -> list[Sample]:
+    """All records of one ReSC/TransVG split file as samples (images are not opened)."""
+    records = load_pickle(path)
+    if not isinstance(records, list):
+        raise SplitFormatError(f"{path}: expected a list of records, got {type(records).__name__}")
+    samples = []
+    image_paths: dict[str, tuple[str, Path]] = {}  # images repeat ~7x; building paths dominated loading
+    for index, record in enumerate(records):
+        where = f"{path}: record {index}"
+        parsed = parse_resc_record(record, box_format, where)
+        if parsed.image_file not in image_paths:
+            key = _image_key(parsed.image_file, where)
+            image_paths[parsed.image_file] = key, image_dir / key
+        key, image_path = image_paths[parsed.image_file]
+        samples.append(
+            Sample(
+                image_path=image_path,
+                image_key=key,
+                box_xyxy=parsed.box_xyxy,
+                text=parsed.expression,
+                split=split,
+                sample_id=parsed.source_id if parsed.source_id is not None else str(index),
+                index=index,
+            )
+        )
+    return samples
+
+
+def _load_coco(instances_path: Path) -> Any:
+    from pycocotools.coco import COCO  # deferred: only the refer format needs it
+
+    # COCO() prints progress to stdout, which would corrupt `--json` output of the CLI.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return COCO(str(instances_path))
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
+            raise SplitFormatError(f"{instances_path}: not a COCO instances file ({exc})") from exc
+
+
+def _sentence_text(sentence: Any, where: str) -> str:
+    text = sentence.get("sent", sentence.get("raw")) if isinstance(sentence, dict) else None
+    if not isinstance(text, str):
+        raise SplitFormatError(f"{where}: sentence without a 'sent' or 'raw' string")
+    return text
+
+
+def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_dir: Path) -> list[Sample]:
+    """Samples of `split` from the refer toolkit's files: one sample per sentence of each ref.
+
+    The box is the COCO annotation's (xywh → xyxy); the image file name comes from COCO's image
+    table (refs' own `file_name` carries an annotation suffix).
+    """
+    refs = load_pickle(refs_path)
+    if not isinstance(refs, list):
+        raise SplitFormatError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    coco = _load_coco(instances_path)
+    samples: list[Sample] = []
+    for ref_position, ref in enumerate(refs):
+        where = f"{refs_path}: ref {ref_position}"
+        if not isinstance(ref, dict) or "split" not in ref:
+            raise SplitFormatError(
+                f"{where}: expected a dict with 'split', 'ann_id', 'image_id', 'sentences'"
+            )
+        if ref["split"] != split:
+            continue
+        try:
+            annotation = coco.anns[ref["ann_id"]]
+            image_file = coco.imgs[ref["image_id"]]["file_name"]
+            sentences = ref["sentences"]
+        except KeyError as exc:
+            raise SplitFormatError(f"{where}: {exc} not found (in the ref or in {instances_path})") from exc
+        box = _as_box(annotation.get("bbox"))
+        if box is None:
+            raise SplitFormatError(f"{where}: annotation {ref['ann_id']} has no valid bbox")
+        key = _image_key(image_file, where)
+        for sentence in sentences:
+            samples.append(
+                Sample(
+                    image_path=image_dir / key,
+                    image_key=key,
+                    box_xyxy=to_xyxy(box, "xywh"),
+                    text=_sentence_text(sentence, where),
+                    split=split,
+                    sample_id=str(ref["ann_id"]),
+                    index=len(samples),
+                )
+            )
+    return samples
+
+
+@dataclass(frozen=True)
+class JsonlRecord:
+    """One validated line of a custom JSON-lines dataset."""
+
+    line_number: int
+    image: str
+    box_xyxy: BoxXYXY
+    expression: str
+    split: str
+    sample_id: str | None
+
+
+def _parse_jsonl_line(line: str, path: Path, line_number: int) -> JsonlRecord | None:
+    where = f"{path}:{line_number}"
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SplitFormatError(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(entry, dict):
+        raise SplitFormatError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    missing = [field for field in ("image", "box", "expression", "split") if field not in entry]
+    if missing:
+        raise SplitFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+    box = _as_box(entry["box"])
+    if box is None:
+        raise SplitFormatError(f"{where}: 'box' must be [x1, y1, x2, y2] numbers, got {entry['box']!r}")
+    for field in ("image", "expression", "split"):
+        if not isinstance(entry[field], str):
+            raise SplitFormatError(f"{where}: '{field}' must be a string, got {entry[field]!r}")
+    sample_id = entry.get("id")
+    return JsonlRecord(
+        line_number=line_number,
+        image=_image_key(entry["image"], where),
+        box_xyxy=box,
+        expression=entry["expression"],
+        split=entry["split"],
+        sample_id=None if sample_id is None else str(sample_id),
+    )
+
+
+def iter_jsonl(path: Path) -> Iterator[JsonlRecord]:
+    """Validated records of a JSON-lines dataset; errors name `file:line`."""
+    if not path.is_file():
+        raise SplitNotFoundError(f"{path}: no such JSON-lines file")
+    with open(path, "rb") as lines:
+        for line_number, raw_line in enumerate(lines, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SplitFormatError(f"{path}:{line_number}: not UTF-8 text ({exc.reason})") from exc
+            record = _parse_jsonl_line(line, path, line_number)
+            if record is not None:
+                yield record
+
+
+def jsonl_splits(path: Path) -> list[str]:
+    """The splits named in a JSON-lines dataset, in order of first appearance."""
+    return list(dict.fromkeys(record.split for record in iter_jsonl(path)))
+
+
+def read_jsonl(path: Path, split: str) -> list[Sample]:
+    """The samples of `split` in a JSON-lines dataset; image paths are relative to the file's folder."""
+    records = list(iter_jsonl(path))
+    splits = list(dict.fromkeys(record.split for record in records))
+    if split not in splits:
+        raise SplitNotFoundError(f"{path}: no split {split!r}; available: {', '.join(splits) or 'none'}")
+    samples: list[Sample] = []
+    for record in records:
+        if record.split != split:
+            continue
+        samples.append(
+            Sample(
+                image_path=path.parent / record.image,
+                image_key=record.image,
+                box_xyxy=record.box_xyxy,
+                text=record.expression,
+                split=split,
+                sample_id=record.sample_id if record.sample_id is not None else f"line{record.line_number}",
+                index=len(samples),
+            )
+        )
+    return samples

@@ -1,0 +1,108 @@
+"""A `torch.utils.data.Dataset` over samples, and the collate function that tokenizes a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.data.errors import MissingImagesError
+from pipeline.data.sample import Sample
+from pipeline.data.transforms import Transform
+
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def open_rgb(sample: Sample) -> Image.Image:
+    """The sample's image, decoded, in RGB."""
+    try:
+        with Image.open(sample.image_path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise MissingImagesError(
+            f"{sample.image_path}: image of {sample.split}[{sample.index}] is missing; "
+            "validate samples first (validate_samples / select_samples with --skip-missing)"
+        ) from None
+
+
+class GroundingDataset(Dataset[dict[str, Any]]):
+    """Samples through a transform, with randomness seeded by (seed, epoch, position).
+
+    Call `set_epoch` before each epoch. DataLoader workers hold copies of the dataset, so with
+    `persistent_workers=True` the epoch they see is the one at worker start.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Transform, seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random draws of `epoch` from now on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        sample = self.samples[position]
+        image = open_rgb(sample)
+        rng = np.random.default_rng((self.seed, self.epoch, position % len(self.samples)))
+        out = self.transform(image, sample.box_xyxy, sample.text, rng)
+        return {
+            "pixels": out.pixels,
+            "pixel_mask": out.pixel_mask,
+            "box": out.box_cxcywh,
+            "text": out.text,
+            "flipped": out.flipped,
+            "text_swapped": out.text_swapped,
+            "index": sample.index,
+            "box_xyxy": torch.tensor(sample.box_xyxy, dtype=torch.float32),
+            "image_size": image.size,
+        }
+
+
+def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> dict[str, Any]:
+    """Stack a list of `GroundingDataset` items and tokenize their texts.
+
+    `tokenize(texts)` must return (token_ids LongTensor [B, L], token_mask BoolTensor [B, L]); the
+    mask's meaning is the tokenizer's to define and is passed through unchanged.
+    """
+    texts = [item["text"] for item in batch]
+    token_ids, token_mask = tokenize(texts)
+    if token_ids.shape[0] != len(batch) or token_mask.shape != token_ids.shape:
+        raise ValueError(
+            f"tokenize returned ids {tuple(token_ids.shape)} and mask {tuple(token_mask.shape)} "
+            f"for a batch of {len(batch)} texts"
+        )
+    return {
+        "pixels": torch.stack([item["pixels"] for item in batch]),
+        "pixel_mask": torch.stack([item["pixel_mask"] for item in batch]),
+        "box": torch.stack([item["box"] for item in batch]),
+        "box_xyxy": torch.stack([item["box_xyxy"] for item in batch]),
+        "image_size": torch.tensor([item["image_size"] for item in batch], dtype=torch.long),
+        "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
+        "flipped": torch.tensor([item["flipped"] for item in batch], dtype=torch.bool),
+        "text_swapped": torch.tensor([item["text_swapped"] for item in batch], dtype=torch.bool),
+        "text": texts,
+        "token_ids": token_ids,
+        "token_mask": token_mask,
+    }
+
+
+class GroundingCollate:
+    """`collate_grounding` bound to a tokenizer, as a picklable object for DataLoader workers.
+
+    `tokenize` must be picklable too (a module-level function or an object with `__call__`).
+    """
+
+    def __init__(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate_grounding(batch, self.tokenize)

@@ -1,0 +1,251 @@
+"""Image/box/text transforms that follow TransVG's (datasets/transforms.py, make_transforms).
+
+Train: random longest-side resize over `scales`; with `crop_prob`, unless the expression has a
+spatial word, TransVG's crop branch instead (shorter side to one of 400/500/600, a random crop of
+384..600 px that keeps the whole box, then the same longest-side resize); colour jitter; horizontal
+flip that swaps left/right in the text; normalize; pad to a square with a mask.
+Eval: longest side to `image_size`, normalize, pad.
+
+Differences from TransVG, on purpose: the crop always keeps the whole box (TransVG's check compares
+the box's x with the crop's row and then clamps the box); left/right are swapped as whole words;
+the box is scaled per axis by the exact resized size; padding goes bottom/right by default
+(`pad_position="center"` gives TransVG's centred padding). All randomness comes from the `rng`
+argument, so a sample is reproducible from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from pipeline.data.text import has_spatial_word, swap_left_right
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TransVG's crop-branch sizes, tuned for image_size 640; scaled with image_size here.
+_TRANSVG_SIZE = 640
+_TRANSVG_CROP_SHORT_SIDES = (400, 500, 600)
+_TRANSVG_CROP_SIZE_RANGE = (384, 600)
+
+PadPosition = Literal["bottom_right", "center"]
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Augmentation settings; the defaults are TransVG's (`--aug_scale --aug_crop`, imsize 640)."""
+
+    image_size: int = 640
+    num_scales: int = 7
+    scale_step: float = 0.05  # fraction of image_size between scales: TransVG's 32 px at 640
+    crop_prob: float = 0.5
+    color_jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - x, 1 + x]
+    flip_prob: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pad_position: PadPosition = "bottom_right"
+
+    def __post_init__(self) -> None:
+        if min(self.scales) < 32:
+            raise ValueError(
+                f"image_size {self.image_size} leaves scales below 32 px ({self.scales}); "
+                "use a larger image_size or fewer scales"
+            )
+        for name in ("crop_prob", "flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
+        if self.pad_position not in ("bottom_right", "center"):
+            raise ValueError(f"pad_position must be 'bottom_right' or 'center', got {self.pad_position!r}")
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """Longest-side sizes for training: 640, 608, ..., 448 at image_size 640 (7 of them)."""
+        return tuple(round(self.image_size * (1 - self.scale_step * i)) for i in range(self.num_scales))
+
+    @property
+    def crop_short_sides(self) -> tuple[int, ...]:
+        """Shorter-side sizes before the crop."""
+        return tuple(round(side * self.image_size / _TRANSVG_SIZE) for side in _TRANSVG_CROP_SHORT_SIDES)
+
+    @property
+    def crop_size_range(self) -> tuple[int, int]:
+        """Smallest and largest crop width/height."""
+        low, high = _TRANSVG_CROP_SIZE_RANGE
+        return round(low * self.image_size / _TRANSVG_SIZE), round(high * self.image_size / _TRANSVG_SIZE)
+
+
+@dataclass(frozen=True)
+class TransformedSample:
+    """A transformed sample ready for collation."""
+
+    pixels: torch.Tensor  # float32 [3, S, S], normalized; padding is 0 (the mean colour)
+    pixel_mask: torch.Tensor  # bool [S, S], True = padding
+    box_cxcywh: torch.Tensor  # float32 [4], centre x/y, width, height divided by S
+    text: str  # left/right swapped when flipped
+    flipped: bool
+    text_swapped: bool  # True only when the flip changed the text
+
+
+class Transform(Protocol):
+    """What `GroundingDataset` calls on each sample."""
+
+    def __call__(
+        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator
+    ) -> TransformedSample: ...
+
+
+def _clipped_box(box_xyxy: Sequence[float] | np.ndarray, image: Image.Image) -> np.ndarray:
+    """The box clipped to the image, so that it never claims pixels that do not exist."""
+    width, height = image.size
+    return np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
+
+
+def _resize(image: Image.Image, box: np.ndarray, width: int, height: int) -> tuple[Image.Image, np.ndarray]:
+    scale = np.array([width / image.width, height / image.height] * 2)
+    resized = F.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    # Clip away float error (600.0000001 on a 600 px image), which would break the crop's bounds.
+    return resized, _clipped_box(box * scale, resized)
+
+
+def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
+    """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
+    ratio = size / max(image.size)
+    return _resize(image, box, max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+
+
+def resize_short_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
+    """Resize so that the shorter side is `size`, keeping the aspect ratio; the box follows."""
+    ratio = size / min(image.size)
+    return _resize(image, box, max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+
+
+def random_crop_keeping_box(
+    image: Image.Image, box: np.ndarray, size_range: tuple[int, int], rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray]:
+    """Crop a random region of random size in `size_range` that contains the whole box.
+
+    Returns the input unchanged when no allowed crop size can hold the box (TransVG gives up too).
+    """
+    x1, y1, x2, y2 = box
+    # Integer crop edges must enclose the fractional box: left <= floor(x1), right >= ceil(x2).
+    min_width = max(size_range[0], math.ceil(x2) - math.floor(x1))
+    min_height = max(size_range[0], math.ceil(y2) - math.floor(y1))
+    max_width, max_height = min(image.width, size_range[1]), min(image.height, size_range[1])
+    if min_width > max_width or min_height > max_height:
+        return image, box
+    width = int(rng.integers(min_width, max_width, endpoint=True))
+    height = int(rng.integers(min_height, max_height, endpoint=True))
+    left = int(
+        rng.integers(max(0, math.ceil(x2) - width), min(math.floor(x1), image.width - width), endpoint=True)
+    )
+    top = int(
+        rng.integers(
+            max(0, math.ceil(y2) - height), min(math.floor(y1), image.height - height), endpoint=True
+        )
+    )
+    return F.crop(image, top, left, height, width), box - np.array([left, top, left, top])
+
+
+def color_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+    """torchvision's ColorJitter(strength, strength, strength), drawing factors and order from `rng`.
+
+    Applied to the PIL image: PIL's enhancers are ~50x faster than the uint8-tensor kernels on CPU.
+    """
+    if strength == 0:
+        return image
+    adjustments = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    factors = rng.uniform(1.0 - strength, 1.0 + strength, size=len(adjustments))
+    for which in rng.permutation(len(adjustments)):
+        image = adjustments[which](image, float(factors[which]))
+    return image
+
+
+def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """Mirror an image and its box left to right."""
+    x1, y1, x2, y2 = box
+    return F.horizontal_flip(image), np.array([image.width - x2, y1, image.width - x1, y2])
+
+
+def _pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
+    """(top, left) of the image inside the padded square."""
+    if config.pad_position == "bottom_right":
+        return 0, 0
+    # TransVG's centring formula, so that pad_position="center" reproduces it exactly.
+    size = config.image_size
+    return round((size - height) / 2.0 - 0.1), round((size - width) / 2.0 - 0.1)
+
+
+def normalize_and_pad(
+    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh."""
+    size = config.image_size
+    height, width = pixels.shape[-2:]
+    if height > size or width > size:
+        raise ValueError(f"image {width}x{height} is larger than the padded size {size}")
+    normalized = F.normalize(
+        F.to_dtype(pixels, torch.float32, scale=True), list(config.mean), list(config.std)
+    )
+    top, left = _pad_offsets(config, height, width)
+    padded = torch.zeros((3, size, size), dtype=torch.float32)
+    padded[:, top : top + height, left : left + width] = normalized
+    mask = torch.ones((size, size), dtype=torch.bool)
+    mask[top : top + height, left : left + width] = False
+    x1, y1, x2, y2 = box + np.array([left, top, left, top])
+    box_cxcywh = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
+    return padded, mask, box_cxcywh
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class TrainTransform:
+    """TransVG's training augmentation (see the module docstring)."""
+
+    def __init__(self, config: TransformConfig | None = None) -> None:
+        self.config = config or TransformConfig()
+
+    def __call__(
+        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator
+    ) -> TransformedSample:
+        config = self.config
+        image = _as_rgb(image)
+        box = _clipped_box(box_xyxy, image)
+        # A crop can change what "left" or "the middle one" refers to, so TransVG never crops those.
+        if rng.random() < config.crop_prob and not has_spatial_word(text):
+            image, box = resize_short_side(image, box, int(rng.choice(config.crop_short_sides)))
+            image, box = random_crop_keeping_box(image, box, config.crop_size_range, rng)
+        image, box = resize_long_side(image, box, int(rng.choice(config.scales)))
+        image = color_jitter(image, config.color_jitter, rng)
+        flipped = bool(rng.random() < config.flip_prob)
+        out_text = text
+        if flipped:
+            image, box = hflip(image, box)
+            out_text = swap_left_right(text)
+        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config)
+        return TransformedSample(padded, mask, box_cxcywh, out_text, flipped, text_swapped=out_text != text)
+
+
+class EvalTransform:
+    """Longest side to `image_size`, normalize, pad; deterministic (`rng` is accepted and unused)."""
+
+    def __init__(self, config: TransformConfig | None = None) -> None:
+        self.config = config or TransformConfig()
+
+    def __call__(
+        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator | None = None
+    ) -> TransformedSample:
+        image = _as_rgb(image)
+        image, box = resize_long_side(image, _clipped_box(box_xyxy, image), self.config.image_size)
+        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, self.config)
+        return TransformedSample(padded, mask, box_cxcywh, text, flipped=False, text_swapped=False)

@@ -1,0 +1,1 @@
+"""Training engine: train/eval loops, DDP, checkpoints, metrics, plots."""

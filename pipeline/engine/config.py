@@ -1,0 +1,86 @@
+"""The training run's configuration, with the paper's defaults (EpmVG / TransVG recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.losses import LossConfig
+
+DISTILL_MODES = ("none", "cached", "online")
+# RefCOCO+ trains twice as long in the paper (180 epochs, drop at 120); the rest 90 / 60.
+PAPER_SCHEDULES = {"refcoco+": (180, 120)}
+DEFAULT_SCHEDULE = (90, 60)
+
+
+def paper_schedule(dataset: str) -> tuple[int, int]:
+    """(epochs, lr-drop epoch) the paper uses for a dataset."""
+    return PAPER_SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    data_root: Path = Path("../shared/data")
+    out: Path = Path("runs/default")
+    student: str = "transvg-r50"  # a student preset name
+    student_overrides: dict[str, Any] = field(default_factory=dict)
+    distill: str = "cached"  # none | cached | online
+    cache: Path | None = None  # the Phase-1 store (distill=cached)
+    teacher_model: str = "ViT-B-16"  # distill=online only
+    teacher_pretrained: str = "openai"
+    allow_random_teacher: bool = False
+    teacher_trainable: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int | None = None  # None: the paper's schedule for the dataset
+    lr_drop: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_pretrained: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    clip_grad: float = 0.0  # 0 = off
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_splits: tuple[str, ...] = ()  # evaluated at the end, besides val; () = all but train
+    max_samples: int | None = None  # per split, for quick runs
+    workers: int = 4
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast on GPU only
+    compile: bool = False
+    skip_missing: bool = False
+    resume: bool = False
+    gallery_size: int = 12
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.distill not in DISTILL_MODES:
+            raise ValueError(f"--distill must be one of {DISTILL_MODES}, got {self.distill!r}")
+        if self.distill == "cached" and self.cache is None:
+            raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
+        default_epochs, default_drop = paper_schedule(self.dataset)
+        if self.epochs is None:
+            self.epochs = default_epochs
+        if self.lr_drop is None:
+            self.lr_drop = default_drop if self.epochs == default_epochs else max(1, (2 * self.epochs) // 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["eval_splits"] = list(self.eval_splits)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["loss"] = LossConfig(**values.get("loss", {}))
+        for key in ("data_root", "out", "cache"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        values["eval_splits"] = tuple(values.get("eval_splits", ()))
+        return cls(**values)

@@ -1,0 +1,160 @@
+"""Evaluation (Acc@0.5 and mean IoU per split, exact under DDP) and single-image prediction."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import box_convert
+
+from pipeline.data.torch_dataset import GroundingDataset
+from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
+from pipeline.metrics import accuracy_at, box_iou_pairs
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int  # the record's position in its split file
+    iou: float
+    box_xyxy: tuple[float, float, float, float]  # predicted box, pixels of the original image
+
+
+def to_pixels(box_cxcywh: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """Normalized input coordinates → original-image pixels.
+
+    The eval transform scales the longest side to S and pads bottom/right, so a normalized
+    coordinate times the original longest side is the pixel coordinate.
+    """
+    longest = image_size.float().max(dim=-1, keepdim=True).values
+    return box_convert(box_cxcywh, "cxcywh", "xyxy") * longest
+
+
+@torch.no_grad()
+def predict_split(
+    model: torch.nn.Module,
+    dataset: GroundingDataset,
+    collate: Callable,
+    env: DistEnv,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    autocast: Callable,
+) -> list[Prediction]:
+    """Every record of the split exactly once across ranks, gathered on every rank."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EvalShardSampler(len(dataset), env),
+        num_workers=workers,
+        collate_fn=collate,
+    )
+    model.eval()
+    local: list[Prediction] = []
+    for batch in loader:
+        with autocast():
+            output = model(
+                batch["pixels"].to(device),
+                batch["pixel_mask"].to(device),
+                batch["token_ids"].to(device),
+                batch["token_mask"].to(device),
+            )
+        box = output.box.float().cpu()
+        ious = box_iou_pairs(box_convert(box, "cxcywh", "xyxy"), box_convert(batch["box"], "cxcywh", "xyxy"))
+        pixels = to_pixels(box, batch["image_size"])
+        for i, index in enumerate(batch["index"].tolist()):
+            local.append(Prediction(index, float(ious[i]), tuple(float(v) for v in pixels[i])))
+    predictions = gather_objects(local, env)
+    return sorted(predictions, key=lambda p: p.index)
+
+
+def summarize(predictions: list[Prediction]) -> dict[str, float]:
+    """Acc@0.5 (IoU > 0.5) and mean IoU over a split."""
+    if not predictions:
+        return {"acc@0.5": float("nan"), "miou": float("nan"), "n": 0}
+    ious = torch.tensor([p.iou for p in predictions])
+    return {"acc@0.5": float(accuracy_at(ious, 0.5)), "miou": float(ious.mean()), "n": len(predictions)}
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'split':<10} {'Acc@0.5':>8} {'mIoU':>7} {'n':>7}"]
+    for split, row in results.items():
+        lines.append(f"{split:<10} {100 * row['acc@0.5']:>7.2f}% {row['miou']:>7.3f} {row['n']:>7d}")
+    return "\n".join(lines)
+
+
+def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """The student of a checkpoint with its weights, plus the student and train configs it carries."""
+    from pipeline.engine.checkpoint import load_checkpoint
+    from pipeline.student import StudentConfig, build_student
+
+    payload = load_checkpoint(checkpoint)
+    student_config = StudentConfig.from_dict(payload["student_config"])
+    model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload["student_config"], payload["train_config"]
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[float, float, float, float]:
+    """The box (pixels xyxy) the student grounds `text` to in one image."""
+    from PIL import Image
+
+    from pipeline.data import EvalTransform
+    from pipeline.engine.train import transform_config_for
+    from pipeline.student import build_tokenizer, tokenize
+
+    config = model.config
+    with Image.open(image_path) as image:
+        rgb = image.convert("RGB")
+    sample = EvalTransform(transform_config_for(config))(
+        rgb, (0.0, 0.0, 1.0, 1.0), text, np.random.default_rng(0)
+    )
+    token_ids, token_mask = tokenize([text], build_tokenizer(config), config.max_query_len)
+    device = next(model.parameters()).device
+    output = model(
+        sample.pixels[None].to(device),
+        sample.pixel_mask[None].to(device),
+        token_ids.to(device),
+        token_mask.to(device),
+    )
+    box = to_pixels(output.box.float().cpu(), torch.tensor([rgb.size]))[0]
+    return tuple(float(v) for v in box)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    data_root: Path,
+    dataset: str | None,
+    splits: list[str],
+    batch_size: int,
+    device: str,
+    skip_missing: bool,
+) -> dict[str, dict[str, float]]:
+    """Per-split Acc@0.5 / mIoU of a checkpoint on a dataset (its own by default)."""
+    from pipeline.data import EvalTransform, available_splits
+    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.distributed import DistEnv
+    from pipeline.engine.train import make_collate, prepare_split, transform_config_for
+
+    model, _, train_config = load_student(checkpoint, device)
+    config = TrainConfig.from_dict({**train_config, "distill": "none", "data_root": str(data_root)})
+    config.skip_missing = skip_missing
+    config.max_samples = None
+    if dataset:
+        config.dataset = dataset
+    splits = splits or [s for s in available_splits(config.dataset, data_root) if s != config.train_split]
+    transform = EvalTransform(transform_config_for(model.config))
+    collate = make_collate(model.config)
+    results = {}
+    for split in splits:
+        data = GroundingDataset(prepare_split(config, split), transform, seed=0)
+        predictions = predict_split(
+            model, data, collate, DistEnv(), torch.device(device), batch_size, 0, contextlib.nullcontext
+        )
+        results[split] = summarize(predictions)
+    return results

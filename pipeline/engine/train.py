@@ -1,0 +1,411 @@
+"""Phase 2: train the TransVG student, distilling from cached (or online) teacher targets.
+
+With `distill="cached"` the teacher module is never imported: targets are gathered from in-RAM
+tables by (record index, flipped, text swapped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from pipeline.data import (
+    EvalTransform,
+    GroundingCollate,
+    GroundingDataset,
+    TrainTransform,
+    TransformConfig,
+    dataset_spec,
+    load_split,
+    select_samples,
+    validate_samples,
+)
+from pipeline.data.sample import Sample
+from pipeline.engine.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.distributed import DistEnv, all_reduce_mean, init_distributed, shutdown_distributed
+from pipeline.engine.evaluate import Prediction, format_table, predict_split, summarize
+from pipeline.engine.plots import plot_curves, plot_gallery
+from pipeline.losses import grounding_loss
+from pipeline.student import (
+    StudentConfig,
+    build_student,
+    build_tokenizer,
+    param_groups,
+    pixel_normalization,
+    student_preset,
+    tokenize,
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_acc: float = -1.0
+
+
+def student_config_for(config: TrainConfig) -> StudentConfig:
+    spec = dataset_spec(config.dataset)
+    overrides = {"max_query_len": spec.max_query_len, **config.student_overrides}
+    return student_preset(config.student, **overrides)
+
+
+def transform_config_for(student_config: StudentConfig) -> TransformConfig:
+    """The student's input size and the normalization its backbone's pretrained weights expect."""
+    mean, std = pixel_normalization(student_config)
+    return TransformConfig(image_size=student_config.image_size, mean=mean, std=std)
+
+
+def make_collate(student_config: StudentConfig) -> GroundingCollate:
+    """Batch collation with the student's tokenizer; picklable for DataLoader workers."""
+    tokenizer = build_tokenizer(student_config)
+    return GroundingCollate(
+        functools.partial(tokenize, tokenizer=tokenizer, max_len=student_config.max_query_len)
+    )
+
+
+def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
+    """Read a split, refuse or drop bad records, and cap its size for quick runs."""
+    samples = load_split(config.dataset, split, config.data_root)
+    report = validate_samples(samples, check_images=True)
+    kept = select_samples(samples, report, skip_missing=config.skip_missing)
+    return kept[: config.max_samples] if config.max_samples else kept
+
+
+def _autocast_factory(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    if device.type == "cuda" and enabled:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up over `warmup_epochs`, then the paper's x0.1 step at `lr_drop`."""
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.1 if step >= config.lr_drop * steps_per_epoch else 1.0
+
+
+class OnlineTeacher:
+    """Runs the frozen (or trainable) teacher on the augmented batch: the `online` comparison mode."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, student_mean_std: tuple):
+        from pipeline.teacher import TeacherConfig, build_teacher
+
+        self.teacher = build_teacher(
+            TeacherConfig(
+                model=config.teacher_model,
+                pretrained=config.teacher_pretrained,
+                allow_random=config.allow_random_teacher,
+                device=str(device),
+            )
+        )
+        self.trainable = config.teacher_trainable
+        self.teacher.model.requires_grad_(self.trainable).train(self.trainable)
+        mean, std = student_mean_std
+        self.student_mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.student_std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(self.teacher.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.teacher.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+        self.device = device
+
+    def parameters(self):
+        return self.teacher.model.parameters()
+
+    def __call__(self, pixels: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        # The student's input is already letterboxed (padded with the mean colour): re-normalize it for CLIP.
+        rgb = pixels * self.student_std + self.student_mean
+        size = self.teacher.image_size
+        resized = F.interpolate(rgb, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        clip_pixels = (resized.clamp(0, 1) - self.mean) / self.std
+        tokens = self.teacher.tokenizer(texts).to(self.device)
+        grad = torch.enable_grad() if self.trainable else torch.no_grad()
+        with grad:
+            image = self.teacher.model.encode_image(clip_pixels).float()
+            text = self.teacher.model.encode_text(tokens).float()
+        return image, text
+
+
+def _train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate, epoch: int):
+    if env.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=config.seed)
+        sampler.set_epoch(epoch)
+    else:
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        drop_last=len(dataset) > config.batch_size * env.world_size,
+        pin_memory=config.device.startswith("cuda"),
+        persistent_workers=False,
+    )
+
+
+def _write_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+class Trainer:
+    """One run: data, student, optimizer, targets; `fit()` trains, evaluates and writes artefacts."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.env = init_distributed(config.device)
+        self.device = torch.device(
+            f"cuda:{self.env.local_rank}" if config.device.startswith("cuda") else config.device
+        )
+        torch.manual_seed(config.seed)
+        self.out = Path(config.out)
+        self.student_config = student_config_for(config)
+        self.transform_config = transform_config_for(self.student_config)
+        self.samples = {config.train_split: prepare_split(config, config.train_split)}
+        for split in self.eval_splits():
+            self.samples[split] = prepare_split(config, split)
+        self.train_set = GroundingDataset(
+            self.samples[config.train_split], TrainTransform(self.transform_config), seed=config.seed
+        )
+        self.collate = make_collate(self.student_config)
+        self.autocast = _autocast_factory(self.device, config.amp)
+
+        self.targets = None
+        self.online_teacher = None
+        if config.distill == "cached":
+            from pipeline.cache_job import dataset_fingerprint
+            from pipeline.targets import load_targets
+
+            self.targets = load_targets(
+                config.cache, [config.train_split], dataset_fingerprint(config.dataset, config.data_root)
+            )
+        elif config.distill == "online":
+            mean_std = (self.transform_config.mean, self.transform_config.std)
+            self.online_teacher = OnlineTeacher(config, self.device, mean_std)
+
+        self.model = build_student(self.student_config).to(self.device)
+        groups = param_groups(
+            self.model, lr=config.lr, lr_pretrained=config.lr_pretrained, weight_decay=config.weight_decay
+        )
+        if self.online_teacher is not None and config.teacher_trainable:
+            groups.append({"params": list(self.online_teacher.parameters()), "lr": config.lr_pretrained})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = max(1, len(self._loader(0)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
+        )
+        self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for fp16 runs
+        self.ddp_model = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.index else None)
+            if self.env.enabled
+            else self.model
+        )
+        if config.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
+        self.state = RunState()
+
+    def eval_splits(self) -> list[str]:
+        from pipeline.data import available_splits
+
+        splits = self.config.eval_splits or tuple(
+            s
+            for s in available_splits(self.config.dataset, self.config.data_root)
+            if s != self.config.train_split
+        )
+        if self.config.val_split not in splits:
+            splits = (self.config.val_split, *splits)
+        return list(dict.fromkeys(splits))
+
+    def _loader(self, epoch: int) -> DataLoader:
+        return _train_loader(self.train_set, self.config, self.env, self.collate, epoch)
+
+    # checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "best_acc": self.state.best_acc,
+            "train_config": self.config.to_dict(),
+            "student_config": self.student_config.to_dict(),
+        }
+
+    def resume(self) -> None:
+        payload = load_checkpoint(self.out / LAST)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+        self.state = RunState(payload["epoch"], payload["step"], payload["best_acc"])
+
+    # loops -----------------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.train_set.set_epoch(epoch)
+        self.ddp_model.train()
+        totals: dict[str, float] = {}
+        count, started = 0, time.perf_counter()
+        loader = self._loader(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (self.config.progress and self.env.is_main))
+        for batch in bar:
+            terms = self.train_step(batch)
+            count += 1
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value
+            rate = count * self.config.batch_size * self.env.world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{terms['total']:.3f}", samples_s=f"{rate:.1f}")
+        means = {f"loss/{key}": value / max(count, 1) for key, value in totals.items()}
+        elapsed = time.perf_counter() - started
+        means["samples_per_s"] = (
+            len(loader) * self.config.batch_size * self.env.world_size / max(elapsed, 1e-9)
+        )
+        return means
+
+    def teacher_targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.targets is not None:
+            image, text = self.targets.lookup(
+                self.config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
+            )
+            return image.to(self.device, non_blocking=True), text.to(self.device, non_blocking=True)
+        if self.online_teacher is not None:
+            return self.online_teacher(batch["pixels"].to(self.device), batch["text"])
+        return None, None
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        teacher_image, teacher_text = self.teacher_targets(batch)
+        with self.autocast():
+            output = self.ddp_model(
+                batch["pixels"].to(self.device, non_blocking=True),
+                batch["pixel_mask"].to(self.device, non_blocking=True),
+                batch["token_ids"].to(self.device, non_blocking=True),
+                batch["token_mask"].to(self.device, non_blocking=True),
+            )
+        terms = grounding_loss(
+            output, batch["box"].to(self.device), teacher_image, teacher_text, self.config.loss
+        )
+        loss = terms["total"]
+        if not torch.isfinite(all_reduce_mean(loss.detach(), self.env)):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}; "
+                f"the last good checkpoint is {self.out / LAST} (try a lower --lr or --clip-grad)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.step += 1
+        return {key: float(value.detach()) for key, value in terms.items()}
+
+    def evaluate(self, split: str) -> list[Prediction]:
+        dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
+        return predict_split(
+            self.model,
+            dataset,
+            self.collate,
+            self.env,
+            self.device,
+            self.config.batch_size,
+            self.config.workers,
+            self.autocast,
+        )
+
+    def fit(self) -> dict[str, Any]:
+        config, env = self.config, self.env
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if config.resume and (self.out / LAST).is_file():
+            self.resume()
+        metrics_path = self.out / "metrics.jsonl"
+        for epoch in range(self.state.epoch, config.epochs):
+            train_terms = self.train_epoch(epoch)
+            val = summarize(self.evaluate(config.val_split))
+            self.state.epoch = epoch + 1
+            improved = val["acc@0.5"] > self.state.best_acc
+            if improved:
+                self.state.best_acc = val["acc@0.5"]
+            if env.is_main:
+                row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
+                row.update({f"val/{key}": value for key, value in val.items()})
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                _write_jsonl(metrics_path, row)
+                payload = self.checkpoint_payload()
+                save_checkpoint(self.out / LAST, payload)
+                if improved:
+                    save_checkpoint(self.out / BEST, payload)
+        return self.finish(metrics_path)
+
+    def finish(self, metrics_path: Path) -> dict[str, Any]:
+        results, predictions = {}, {}
+        for split in self.eval_splits():
+            predictions[split] = self.evaluate(split)
+            results[split] = summarize(predictions[split])
+        summary = {
+            "dataset": self.config.dataset,
+            "distill": self.config.distill,
+            "teacher_built": self.online_teacher is not None,
+            "teacher_fingerprint": self.targets.fingerprint if self.targets is not None else None,
+            "epochs": self.state.epoch,
+            "steps": self.state.step,
+            "best_val_acc@0.5": self.state.best_acc,
+            "results": results,
+            "student_parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        if self.env.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.out / "results.md").write_text(format_table(results) + "\n")
+            if metrics_path.is_file():
+                plot_curves(metrics_path, self.out / "curves.png")
+            self.write_gallery(predictions[self.config.val_split])
+            print(format_table(results))
+        shutdown_distributed(self.env)
+        return summary
+
+    def write_gallery(self, predictions: list[Prediction]) -> None:
+        by_index = {sample.index: sample for sample in self.samples[self.config.val_split]}
+        items = [
+            {
+                "image_path": by_index[p.index].image_path,
+                "text": by_index[p.index].text,
+                "box": p.box_xyxy,
+                "target": by_index[p.index].box_xyxy,
+                "iou": p.iou,
+            }
+            for p in predictions[: self.config.gallery_size]
+        ]
+        if items:
+            plot_gallery(items, self.out / "gallery.png")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) a run and return its summary."""
+    return Trainer(config).fit()

@@ -1,0 +1,105 @@
+"""The CNN of the visual branch: a timm features-only model giving its last (stride-32) stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor, nn
+
+from pipeline.student.config import StudentConfig
+from pipeline.student.weights import (
+    PACKAGE_WEIGHTS,
+    WeightsUnavailableError,
+    backbone_weights_hint,
+    load_matching_state_dict,
+    shipped_backbone_file,
+)
+
+
+class Backbone(nn.Module):
+    """timm CNN → last feature map [B, C, h, w] and the pixel mask downsampled to it (True = padding)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.num_channels: int = body.feature_info.channels()[-1]
+        self.stride: int = body.feature_info.reduction()[-1]
+
+    def forward(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(pixels)[-1]
+        mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:], mode="nearest")
+        return features, mask[:, 0].bool()
+
+
+def build_backbone(config: StudentConfig, pretrained: bool = True) -> Backbone:
+    """The timm backbone with its weights loaded, BatchNorm frozen and leading stages frozen per `config`.
+
+    pretrained=False skips loading weights (a checkpoint will overwrite them).
+    """
+    body = _create_body(config, pretrained and config.backbone_weights == "timm")
+    if pretrained and config.backbone_weights not in ("timm", "none"):
+        load_matching_state_dict(body, _weights_file(config))
+    if config.freeze_bn:
+        body = freeze_batch_norm_2d(body)  # after loading: frozen BN has no step counters to load
+    freeze_leading_stages(body, config.frozen_backbone_stages)
+    if config.channels_last:
+        body = body.to(memory_format=torch.channels_last)
+    return Backbone(body)
+
+
+def _weights_file(config: StudentConfig) -> Path:
+    if config.backbone_weights == PACKAGE_WEIGHTS:
+        return shipped_backbone_file(config.backbone)
+    path = Path(config.backbone_weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone_weights={config.backbone_weights!r} is neither 'timm', 'package', 'none' "
+            "nor an existing file"
+        )
+    return path
+
+
+def _create_body(config: StudentConfig, timm_pretrained: bool) -> nn.Module:
+    try:
+        return timm.create_model(
+            config.backbone, pretrained=timm_pretrained, features_only=True, out_indices=(-1,)
+        )
+    except OSError as error:  # hub download failed: no network and nothing cached
+        raise WeightsUnavailableError(f"{backbone_weights_hint(config.backbone)} ({error})") from error
+
+
+def freeze_leading_stages(body: nn.Module, stages: int) -> None:
+    """Stop gradients for every parameter up to the end of feature level `stages` (stem level first)."""
+    if stages <= 0:
+        return
+    levels = body.feature_info.info
+    if stages > len(levels):
+        raise ValueError(
+            f"frozen_backbone_stages={stages}, but the backbone has {len(levels)} feature levels"
+        )
+    last_frozen = levels[stages - 1]["module"]
+    # Feature wrappers may flatten nested names ("blocks.1" → "blocks_1").
+    targets = {last_frozen, last_frozen.replace(".", "_")}
+    inside_prefixes = tuple(f"{name}." for name in targets)
+    reached = False
+    # named_modules() follows registration order, which is forward order for timm CNNs: everything
+    # before the level, then the level itself. A parameter-free level (ResNet's stem activation) works too.
+    for name, module in body.named_modules():
+        inside = name in targets or name.startswith(inside_prefixes)
+        if reached and not inside:
+            return
+        reached = reached or inside
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(False)
+
+
+def pixel_normalization(config: StudentConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's pretrained weights expect, e.g. 0.5/0.5 for EfficientNet-Lite."""
+    pretrained_config = timm.get_pretrained_cfg(config.backbone)
+    if pretrained_config is None:
+        raise ValueError(f"timm has no pretrained config for backbone {config.backbone!r}")
+    return tuple(pretrained_config.mean), tuple(pretrained_config.std)

@@ -1,0 +1,92 @@
+"""The student's configuration and its named presets (JSON files in pipeline/configs/student/).
+
+- transvg-r50: the paper's student (ResNet-50 + BERT-base, 640 px); needs the hub or local weights.
+- small: EfficientNet-Lite0 + MiniLM-L6 from the weights shipped as Python packages; a CPU demo at 160 px.
+- tiny: random test_resnet + a random 2-layer 64-wide BERT with MiniLM's real tokenizer, 128 px; for
+  tests. Its BatchNorm is left trainable: random weights have no statistics worth freezing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+PRESET_PACKAGE = "pipeline"
+PRESET_FOLDER = ("configs", "student")
+
+
+@dataclass
+class StudentConfig:
+    """TransVG student; the defaults are the paper's (ResNet-50 + BERT-base, 640 px, D=256).
+
+    backbone_weights: "timm" (timm's pretrained download), "package" (weights shipped by a Python
+    package, see `weights.py`), "none" (random), or a path to a state-dict file.
+    text_encoder: a Hugging Face hub id or a local folder; text_encoder_weights "none" builds the same
+    architecture, modified by `text_config_overrides`, with random weights (its tokenizer stays real).
+    frozen_backbone_stages: leading timm feature levels (stem level first) kept frozen; 2 = stem and
+    layer1 of a ResNet, which is what DETR/TransVG freeze.
+    """
+
+    backbone: str = "resnet50"
+    backbone_weights: str = "timm"
+    frozen_backbone_stages: int = 2
+    freeze_bn: bool = True  # DETR/TransVG use FrozenBatchNorm2d: batches are small and padded
+    channels_last: bool = False
+    text_encoder: str = "bert-base-uncased"
+    text_encoder_weights: str = "pretrained"
+    text_layers_used: int | None = None  # keep only the first N text-encoder layers; None = all
+    text_config_overrides: dict[str, Any] = field(default_factory=dict)
+    hidden_dim: int = 256
+    visual_layers: int = 6
+    vl_layers: int = 6
+    heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    max_query_len: int = 20
+    image_size: int = 640
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
+        if self.text_encoder_weights not in ("pretrained", "none"):
+            raise ValueError(
+                f"text_encoder_weights must be 'pretrained' or 'none', not {self.text_encoder_weights!r}"
+            )
+        if self.text_layers_used is not None and self.text_layers_used < 1:
+            raise ValueError(f"text_layers_used must be >= 1 or None, not {self.text_layers_used}")
+        for name in ("image_size", "max_query_len", "hidden_dim", "vl_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; checkpoints carry it so a model can be rebuilt without its preset."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown StudentConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+
+def _preset_dir():
+    return resources.files(PRESET_PACKAGE).joinpath(*PRESET_FOLDER)
+
+
+def list_student_presets() -> list[str]:
+    return sorted(
+        entry.name.removesuffix(".json") for entry in _preset_dir().iterdir() if entry.name.endswith(".json")
+    )
+
+
+def student_preset(name: str, **overrides: Any) -> StudentConfig:
+    """The named preset (transvg-r50, small, tiny) with `overrides` applied on top."""
+    entry = _preset_dir().joinpath(f"{name}.json")
+    if not entry.is_file():
+        raise ValueError(f"unknown student preset {name!r}; available: {list_student_presets()}")
+    return StudentConfig.from_dict({**json.loads(entry.read_text()), **overrides})

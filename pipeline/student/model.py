@@ -1,0 +1,141 @@
+"""TransVG (Deng et al., ICCV 2021), the EpmVG student: [REG] + visual + text tokens → one box.
+
+The model also returns [VLS] (first visual output token) and [CLS] (first text output token) of the
+visual-linguistic transformer, which the EpmVG distillation pulls toward the teacher's image and text
+embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import MLP
+
+from pipeline.student.backbone import build_backbone
+from pipeline.student.config import StudentConfig, student_preset
+from pipeline.student.position import sine_position_encoding
+from pipeline.student.text import build_text_encoder
+from pipeline.student.transformer import Encoder
+
+
+class StudentOutput(NamedTuple):
+    box: Tensor  # [B, 4] normalised (cx, cy, w, h) in (0, 1)
+    vls: Tensor  # [B, D]
+    cls: Tensor  # [B, D]
+
+
+class TransVG(nn.Module):
+    """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L] True=real)."""
+
+    def __init__(self, config: StudentConfig, pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_dim
+        # Visual branch: DETR without its decoder.
+        self.backbone = build_backbone(config, pretrained)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels, dim, kernel_size=1)
+        self.visual_encoder = Encoder(dim, config.heads, config.ffn_dim, config.dropout, config.visual_layers)
+        self.visual_proj = nn.Linear(dim, dim)
+        # Linguistic branch.
+        self.text_encoder = build_text_encoder(config, pretrained)
+        self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
+        # Visual-linguistic fusion: one learned position per [REG], visual cell and text slot.
+        self.grid_size = math.ceil(config.image_size / self.backbone.stride)
+        self.reg_token = nn.Embedding(1, dim)
+        self.vl_pos = nn.Embedding(1 + self.grid_size**2 + config.max_query_len, dim)
+        self.vl_encoder = Encoder(dim, config.heads, config.ffn_dim, config.dropout, config.vl_layers)
+        self.box_head = MLP(dim, [dim, dim, 4])
+
+    def forward(
+        self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
+    ) -> StudentOutput:
+        visual, visual_pad, grid_hw = self.encode_image(pixels, pixel_mask)
+        text = self.encode_text(token_ids, token_mask)
+        reg = self.reg_token.weight.expand(pixels.shape[0], 1, -1)
+        tokens = torch.cat([reg, visual, text], dim=1)
+        pad_mask = torch.cat([torch.zeros_like(visual_pad[:, :1]), visual_pad, ~token_mask], dim=1)
+        pos = self.vl_pos(self.vl_position_ids(grid_hw, token_ids.shape[1], pixels.device))
+        fused = self.vl_encoder(tokens, pos.unsqueeze(0).expand_as(tokens), pad_mask)
+        box = self.box_head(fused[:, 0]).sigmoid()
+        return StudentOutput(box=box, vls=fused[:, 1], cls=fused[:, 1 + visual.shape[1]])
+
+    def encode_image(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
+        # TransVG pads with the mean colour (0 after normalisation); forcing it here makes the output
+        # independent of whatever a loader left in the padding.
+        pixels = pixels.masked_fill(pixel_mask[:, None], 0.0)
+        if self.config.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        features, feature_pad = self.backbone(pixels, pixel_mask)
+        height, width = features.shape[-2:]
+        if height > self.grid_size or width > self.grid_size:
+            raise ValueError(
+                f"a {pixels.shape[-2]}x{pixels.shape[-1]} input gives a {height}x{width} feature map, "
+                f"larger than the {self.grid_size}x{self.grid_size} positions of "
+                f"image_size={self.config.image_size}"
+            )
+        tokens = self.input_proj(features).flatten(2).transpose(1, 2)
+        pad = feature_pad.flatten(1)
+        pos = sine_position_encoding(feature_pad, tokens.shape[-1]).flatten(1, 2).to(tokens.dtype)
+        return self.visual_proj(self.visual_encoder(tokens, pos, pad)), pad, (height, width)
+
+    def encode_text(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
+        """Text tokens [B, L, D]."""
+        if token_ids.shape[1] > self.config.max_query_len:
+            raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
+        states = self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
+        return self.text_proj(states)
+
+    def vl_position_ids(self, grid_hw: tuple[int, int], text_len: int, device: torch.device) -> Tensor:
+        """Rows of `vl_pos` for [REG], the h×w visual cells and the text slots.
+
+        Cells index a fixed grid_size² table row-major, so a smaller input reuses the top-left positions.
+        """
+        height, width = grid_hw
+        rows = torch.arange(height, device=device)[:, None] * self.grid_size
+        cells = (rows + torch.arange(width, device=device)).flatten()
+        slots = torch.arange(text_len, device=device)
+        reg = torch.zeros(1, dtype=torch.long, device=device)
+        return torch.cat([reg, 1 + cells, 1 + self.grid_size**2 + slots])
+
+
+def build_student(config: StudentConfig, pretrained: bool = True) -> TransVG:
+    """The TransVG student for `config`; pretrained=False skips weight loading (checkpoint restore)."""
+    return TransVG(config, pretrained)
+
+
+def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> TransVG:
+    """build_student(student_preset(preset, **overrides)), timm-style."""
+    return build_student(student_preset(preset, **overrides), pretrained)
+
+
+def param_groups(
+    model: TransVG, lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 1e-4
+) -> list[dict[str, Any]]:
+    """AdamW groups: pretrained backbone and text encoder at `lr_pretrained`, the rest at `lr`.
+
+    A branch built with random weights ("none") trains at `lr`; frozen parameters are left out.
+    """
+    config = model.config
+    pretrained = {
+        "backbone": config.backbone_weights != "none",
+        "text_encoder": config.text_encoder_weights != "none",
+    }
+    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "head": []}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            branch = name.split(".", 1)[0]
+            groups[branch if branch in pretrained else "head"].append(parameter)
+    return [
+        {
+            "name": name,
+            "params": parameters,
+            "lr": lr_pretrained if pretrained.get(name, False) else lr,
+            "weight_decay": weight_decay,
+        }
+        for name, parameters in groups.items()
+        if parameters
+    ]

@@ -1,0 +1,86 @@
+"""Teacher targets for the trainer, read from a Phase-1 store into RAM once per process.
+
+No per-sample Zarr reads happen during training: the tables are small next to the images
+(RefCOCOg with ViT-B-16: ~25k images x 2 x 512 fp16 = 50 MB) and each batch is a gather.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import storage
+
+IMAGES, TEXTS = "images", "texts"
+
+
+class TargetsMismatchError(ValueError):
+    """The store was made for other data than the run trains on."""
+
+
+@dataclass
+class TeacherTargets:
+    """[DIE] / [DTE] tables and, per split, each record's rows in them."""
+
+    image_embeddings: torch.Tensor  # [N_img, 2, d]: variant 0 as is, 1 flipped
+    text_embeddings: torch.Tensor  # [N_txt, d]
+    rows: dict[str, dict[str, torch.Tensor]]  # split -> image_row / text_row / text_swapped_row
+    fingerprint: dict[str, Any]
+
+    def lookup(
+        self, split: str, index: torch.Tensor, flipped: torch.Tensor, text_swapped: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The variant matching each augmented sample: flipped image, left/right-swapped text."""
+        rows = self.rows[split]
+        image_row = rows["image_row"][index]
+        text_row = torch.where(text_swapped, rows["text_swapped_row"][index], rows["text_row"][index])
+        if bool((image_row < 0).any() or (text_row < 0).any()):
+            raise TargetsMismatchError(
+                f"the store has no rows for some {split} samples (it skipped them); "
+                "train with --skip-missing too, or rebuild the cache"
+            )
+        image = self.image_embeddings[image_row, flipped.long()]
+        text = self.text_embeddings[text_row]
+        return image.float(), text.float()
+
+
+def open_store(path: Path) -> storage.FeatureStore:
+    """Open a complete store read-only, warning when its teacher had random weights."""
+    store = storage.FeatureStore.open(path)
+    if store.extra.get("random_teacher"):
+        warnings.warn(
+            f"{path}: made by a RANDOM-weight teacher (--pretrained none); its targets carry no knowledge",
+            stacklevel=2,
+        )
+    return store
+
+
+def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, Any]) -> TeacherTargets:
+    """Load the tables and the named splits' index arrays; check the store matches the data."""
+    store = open_store(path)
+    stored = store.fingerprint.get("dataset")
+    if stored != dataset_fingerprint:
+        raise TargetsMismatchError(
+            f"{path} was built for dataset {stored and stored.get('name')!r} with other split files than "
+            f"this run's ({dataset_fingerprint['name']!r}): rebuild it with `epmvg cache build`"
+        )
+    rows = {}
+    for split in splits:
+        names = [f"{split}/{field}" for field in ("image_row", "text_row", "text_swapped_row")]
+        missing = [name for name in names if name not in store.index_names()]
+        if missing:
+            raise TargetsMismatchError(f"{path} has no index for split {split!r}")
+        rows[split] = {
+            name.split("/", 1)[1]: torch.from_numpy(store.load_index(name).astype(np.int64)) for name in names
+        }
+    return TeacherTargets(
+        image_embeddings=torch.from_numpy(store.load_table(IMAGES)),
+        text_embeddings=torch.from_numpy(store.load_table(TEXTS)),
+        rows=rows,
+        fingerprint=store.fingerprint,
+    )

@@ -1,0 +1,181 @@
+"""Phase 1 end to end on the real RefCOCO split files with a tiny random open_clip teacher (CPU)."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import storage
+from pipeline.cache_job import CacheJobConfig, build_cache, plan_cache
+from pipeline.data import MissingImagesError, load_split, normalize_expression, swap_left_right
+from pipeline.targets import TargetsMismatchError, load_targets
+from pipeline.teacher import TeacherConfig, build_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+pytestmark = pytest.mark.filterwarnings("ignore:the CLIP teacher has RANDOM weights")
+
+
+def job(data_root: Path, out: Path, **changes) -> CacheJobConfig:
+    base = dict(
+        dataset="refcoco",
+        data_root=data_root,
+        teacher=TeacherConfig(model=TINY, pretrained="none", allow_random=True),
+        out=out,
+        decode_workers=0,
+        skip_missing=True,
+        image_shard_rows=1,
+        text_shard_rows=8,
+        batch_size=4,
+        progress=False,
+    )
+    base.update(changes)
+    return CacheJobConfig(**base)
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    store = storage.FeatureStore.open(path)
+    result = {"images": store.load_table("images"), "texts": store.load_table("texts")}
+    result.update({name: store.load_index(name) for name in store.index_names()})
+    return result
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    left, right = arrays(a), arrays(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        assert left[name].tobytes() == right[name].tobytes(), name
+    assert (
+        storage.FeatureStore.open(a).manifest.shard_checksums
+        == storage.FeatureStore.open(b).manifest.shard_checksums
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_store(shared_data, tmp_path_factory) -> Path:
+    return build_cache(job(shared_data, tmp_path_factory.mktemp("clean") / "store"))
+
+
+def test_missing_images_refused_without_skip_missing(shared_data, tmp_path):
+    with pytest.raises(MissingImagesError, match="--skip-missing"):
+        build_cache(job(shared_data, tmp_path / "store", skip_missing=False))
+
+
+def test_store_content_rows_and_variants(shared_data, clean_store):
+    store = storage.FeatureStore.open(clean_store)
+    assert store.extra["random_teacher"] is True
+    images, texts = store.load_table("images"), store.load_table("texts")
+    image_keys, text_keys = store.table_keys("images"), store.table_keys("texts")
+    assert images.shape == (len(image_keys), 2, 64) and images.dtype == np.float16
+    assert len(image_keys) == 3  # the three RefCOCO images present in ../shared/data
+    samples = load_split("refcoco", "testA", shared_data)
+    image_row = store.load_index("testA/image_row")
+    text_row, swapped_row = store.load_index("testA/text_row"), store.load_index("testA/text_swapped_row")
+    assert len(image_row) == len(samples) == 5657
+    present = [s for s in samples if s.image_path.is_file()]
+    assert (image_row >= 0).sum() == len(present) > 0
+    for sample in present:
+        text = normalize_expression(sample.text)
+        assert image_keys[image_row[sample.index]] == sample.image_key
+        assert text_keys[text_row[sample.index]] == text
+        assert text_keys[swapped_row[sample.index]] == swap_left_right(text)
+    # recompute one image's [DIE] and its flip, and one text's [DTE], with a fresh teacher
+    teacher = build_teacher(TeacherConfig(model=TINY, pretrained="none", allow_random=True))
+    sample = present[0]
+    pixels = teacher.load_image(sample.image_path)[None]
+    expected = teacher.encode_images(torch.cat([pixels, pixels.flip(-1)])).half().numpy()
+    np.testing.assert_allclose(images[image_row[sample.index]], expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        texts[text_row[sample.index]],
+        teacher.encode_texts([text_keys[text_row[sample.index]]])[0].half().numpy(),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    assert storage.verify_store(clean_store).ok
+
+
+def test_sigkill_then_resume_equals_clean_run(shared_data, clean_store, tmp_path):
+    out = tmp_path / "store"
+    # A real SIGKILL after the third shard: the job process kills itself from inside write_shard.
+    script = textwrap.dedent(f"""
+        import os, signal, storage, pipeline.cache_job as job_module
+        from tests.test_cache_job import job
+        from pathlib import Path
+        real, written = storage.write_shard, []
+        def dying_write(*args):
+            real(*args)
+            written.append(1)
+            if len(written) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        job_module.storage.write_shard = dying_write
+        job_module.build_cache(job(Path({str(shared_data)!r}), Path({str(out)!r})))
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    with pytest.raises(storage.IncompleteStoreError):
+        storage.FeatureStore.open(out)
+    build_cache(job(shared_data, out))
+    assert storage.verify_store(out).ok
+    assert_same_store(out, clean_store)
+
+
+def test_fingerprint_mismatch_is_a_clear_error(shared_data, clean_store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(clean_store, copy)
+    with pytest.raises(storage.FingerprintMismatchError, match="force"):
+        build_cache(
+            job(
+                shared_data,
+                copy,
+                teacher=TeacherConfig(model=TINY, pretrained="none", allow_random=True, crop="center"),
+            )
+        )
+    from pipeline.cache_job import dataset_fingerprint
+
+    with pytest.raises(TargetsMismatchError, match="rebuild"):
+        load_targets(clean_store, ["testA"], dataset_fingerprint("refcoco+", shared_data))
+    targets = load_targets(clean_store, ["testA"], dataset_fingerprint("refcoco", shared_data))
+    assert targets.image_embeddings.shape[1] == 2
+
+
+def test_corrupt_image_is_refused_or_counted(shared_data, tmp_path):
+    root = tmp_path / "data"
+    (root / "splits").mkdir(parents=True)
+    shutil.copytree(shared_data / "splits" / "unc", root / "splits" / "unc")
+    images = root / "images" / "mscoco" / "train2014"
+    images.mkdir(parents=True)
+    for source in sorted((shared_data / "images" / "mscoco" / "train2014").glob("*.jpg")):
+        shutil.copy(source, images / source.name)
+    victim = images / "COCO_train2014_000000078583.jpg"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # truncated JPEG
+    plan = plan_cache("refcoco", root, skip_missing=True)
+    assert plan.report["problems"].get("unreadable_image", 0) > 0
+    assert "COCO_train2014_000000078583.jpg" not in plan.image_keys
+    assert len(plan.image_keys) == 2
+
+
+def test_hdf5_round_trip_through_the_cli(clean_store, tmp_path):
+    cli = [sys.executable, "-m", "pipeline.cli", "cache"]
+    subprocess.run([*cli, "export", str(clean_store), "--h5", str(tmp_path / "c.h5")], cwd=REPO, check=True)
+    subprocess.run(
+        [*cli, "import", "--h5", str(tmp_path / "c.h5"), "--out", str(tmp_path / "back")],
+        cwd=REPO,
+        check=True,
+    )
+    assert storage.verify_store(tmp_path / "back").ok
+    assert_same_store(tmp_path / "back", clean_store)
+    info = subprocess.run(
+        [*cli, "info", str(tmp_path / "back"), "--json"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert '"complete": true' in info.stdout and "RANDOM" in info.stderr
+
+
+@pytest.mark.slow
+def test_two_dask_workers_equal_one_worker(shared_data, clean_store, tmp_path):
+    out = build_cache(job(shared_data, tmp_path / "store", workers=2))
+    assert_same_store(out, clean_store)

@@ -1,0 +1,112 @@
+"""The box follows every geometric step of the TransVG transforms; flips swap left/right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import EvalTransform, TrainTransform, TransformConfig, TransformedSample
+
+CONFIG = TransformConfig(image_size=192)  # small, so that many seeds stay fast
+BOX = (196.0, 40.0, 262.0, 110.0)  # off-centre, so a flip moves it
+
+
+def _scene() -> Image.Image:
+    """Greenish noise (G above R and B) with a magenta rectangle (R and B far above G) at BOX."""
+    rng = np.random.default_rng(0)
+    pixels = np.empty((240, 320, 3), dtype=np.uint8)
+    green = rng.integers(90, 200, (240, 320))
+    pixels[..., 1] = green
+    pixels[..., 0] = green - rng.integers(30, 60, (240, 320))
+    pixels[..., 2] = green - rng.integers(30, 60, (240, 320))
+    x1, y1, x2, y2 = (int(v) for v in BOX)
+    pixels[y1:y2, x1:x2] = (210, 40, 200)
+    return Image.fromarray(pixels)
+
+
+def _unnormalize(sample: TransformedSample) -> np.ndarray:
+    mean = torch.tensor(CONFIG.mean)[:, None, None]
+    std = torch.tensor(CONFIG.std)[:, None, None]
+    return ((sample.pixels * std + mean) * 255).permute(1, 2, 0).numpy()
+
+
+def _magenta_bbox(sample: TransformedSample) -> tuple[int, int, int, int]:
+    rgb = _unnormalize(sample)
+    magenta = (rgb[..., 0] - rgb[..., 1] > 40) & (rgb[..., 2] - rgb[..., 1] > 40) & ~sample.pixel_mask.numpy()
+    ys, xs = np.nonzero(magenta)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _box_xyxy_pixels(sample: TransformedSample) -> np.ndarray:
+    cx, cy, w, h = (sample.box_cxcywh * CONFIG.image_size).tolist()
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _was_cropped(sample: TransformedSample) -> bool:
+    valid = ~sample.pixel_mask
+    width, height = int(valid[0].sum()), int(valid[:, 0].sum())
+    return abs(width / height - 320 / 240) > 0.03
+
+
+@pytest.mark.parametrize(
+    ("text", "flipped_text"),
+    [("the magenta box", "the magenta box"), ("the box left of the tree", "the box right of the tree")],
+)
+def test_train_transform_box_covers_the_same_pixels(text: str, flipped_text: str) -> None:
+    transform, image = TrainTransform(CONFIG), _scene()
+    flips = crops = 0
+    for seed in range(24):
+        out = transform(image, BOX, text, np.random.default_rng(seed))
+        assert out.pixels.shape == (3, 192, 192) and out.pixel_mask.shape == (192, 192)
+        assert out.pixels.dtype == torch.float32 and out.pixel_mask.dtype == torch.bool
+        # Resampling blurs the rectangle's edge by about a pixel at the smallest scale.
+        np.testing.assert_allclose(_magenta_bbox(out), _box_xyxy_pixels(out), atol=1.5)
+        assert out.text == (flipped_text if out.flipped else text)
+        assert out.text_swapped == (out.flipped and flipped_text != text)
+        flips += out.flipped
+        crops += _was_cropped(out)
+    assert 0 < flips < 24
+    if "left" in text:
+        assert crops == 0  # spatial words disable the crop, as in TransVG
+    else:
+        assert crops > 0
+
+
+def test_train_transform_is_reproducible_from_the_rng() -> None:
+    transform, image = TrainTransform(CONFIG), _scene()
+    first = transform(image, BOX, "the box", np.random.default_rng((1, 2, 3)))
+    again = transform(image, BOX, "the box", np.random.default_rng((1, 2, 3)))
+    other = transform(image, BOX, "the box", np.random.default_rng((1, 2, 4)))
+    assert torch.equal(first.pixels, again.pixels) and torch.equal(first.box_cxcywh, again.box_cxcywh)
+    assert not torch.equal(first.pixels, other.pixels)
+
+
+def test_eval_transform_box_is_exact() -> None:
+    config = TransformConfig(image_size=150)
+    out = EvalTransform(config)(Image.new("RGB", (300, 200)), (30, 40, 120, 160), "left dog")
+    # scale 0.5: box (15, 20, 60, 80) -> centre (37.5, 50), size (45, 60), divided by 150
+    torch.testing.assert_close(out.box_cxcywh, torch.tensor([37.5, 50.0, 45.0, 60.0]) / 150)
+    assert (out.text, out.flipped, out.text_swapped) == ("left dog", False, False)
+    assert not out.pixel_mask[:100].any() and out.pixel_mask[100:].all()  # image on top, padding below
+    assert torch.all(out.pixels[:, 100:] == 0)  # zero after normalization = the mean colour
+
+
+def test_center_padding_matches_transvg() -> None:
+    config = TransformConfig(image_size=150, pad_position="center")
+    out = EvalTransform(config)(Image.new("RGB", (300, 200)), (30, 40, 120, 160), "dog")
+    top = round((150 - 100) / 2 - 0.1)
+    assert out.pixel_mask[:top].all() and not out.pixel_mask[top : top + 100].any()
+    torch.testing.assert_close(out.box_cxcywh, torch.tensor([37.5, 50.0 + top, 45.0, 60.0]) / 150)
+
+
+def test_grayscale_input_and_config_defaults() -> None:
+    out = EvalTransform(CONFIG)(Image.new("L", (50, 80), 128), (0, 0, 10, 10), "x")
+    assert out.pixels.shape == (3, 192, 192)
+    default = TransformConfig()
+    assert default.scales == (640, 608, 576, 544, 512, 480, 448)
+    assert (default.crop_short_sides, default.crop_size_range) == ((400, 500, 600), (384, 600))
+    assert TransformConfig(image_size=256).scales == (256, 243, 230, 218, 205, 192, 179)
+    with pytest.raises(ValueError, match="below 32 px"):
+        TransformConfig(image_size=40)

@@ -1,0 +1,58 @@
+"""StudentConfig: presets, overrides, validation and the JSON round trip checkpoints rely on."""
+
+import json
+
+import pytest
+
+from pipeline.student import StudentConfig, list_student_presets, pixel_normalization, student_preset
+
+
+def test_presets_are_listed():
+    assert {"transvg-r50", "small", "tiny"} <= set(list_student_presets())
+
+
+@pytest.mark.parametrize("name", ["transvg-r50", "small", "tiny"])
+def test_config_round_trips_through_json(name: str):
+    config = student_preset(name)
+    assert StudentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_transvg_preset_is_the_paper_default():
+    assert student_preset("transvg-r50") == StudentConfig()
+    config = StudentConfig()
+    assert (config.backbone, config.text_encoder, config.image_size) == ("resnet50", "bert-base-uncased", 640)
+    assert (config.hidden_dim, config.heads, config.ffn_dim) == (256, 8, 2048)
+    assert (config.visual_layers, config.vl_layers, config.max_query_len) == (6, 6, 20)
+    assert config.freeze_bn
+
+
+def test_small_preset_uses_the_shipped_weights():
+    config = student_preset("small")
+    assert config.backbone == "tf_efficientnet_lite0" and config.backbone_weights == "package"
+    assert config.text_encoder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config.text_encoder_weights == "pretrained"
+
+
+def test_overrides_apply_on_top_of_a_preset():
+    config = student_preset("tiny", image_size=96, max_query_len=12)
+    assert (config.image_size, config.max_query_len, config.backbone) == (96, 12, "test_resnet")
+
+
+def test_unknown_preset_and_fields_are_rejected():
+    with pytest.raises(ValueError, match="unknown student preset"):
+        student_preset("huge")
+    with pytest.raises(ValueError, match="unknown StudentConfig fields"):
+        student_preset("tiny", hidden_size=10)
+
+
+def test_invalid_values_are_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        StudentConfig(hidden_dim=100, heads=8)
+    with pytest.raises(ValueError, match="text_encoder_weights"):
+        StudentConfig(text_encoder_weights="random")
+
+
+def test_pixel_normalization_follows_the_backbone():
+    assert pixel_normalization(student_preset("small")) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert pixel_normalization(student_preset("transvg-r50")) == imagenet
