@@ -9,7 +9,6 @@ every split to its rows (-1 for records that were skipped).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from tqdm import tqdm
 import storage
 from pipeline.data import (
     available_splits,
-    dataset_files,
+    dataset_fingerprint,
     load_split,
     normalize_expression,
     select_samples,
@@ -68,20 +67,6 @@ class CachePlan:
     indices: dict[str, np.ndarray]
     dataset_fingerprint: dict[str, Any]
     report: dict[str, Any]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dataset_fingerprint(dataset: str, data_root: Path) -> dict[str, Any]:
-    """The dataset part of a store's fingerprint: the name and the hash of every source file."""
-    files = dataset_files(dataset, data_root)
-    return {"name": dataset, "files": {path.name: file_sha256(path) for path in files}}
 
 
 def plan_cache(dataset: str, data_root: Path, skip_missing: bool) -> CachePlan:

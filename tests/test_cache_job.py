@@ -135,7 +135,7 @@ def test_fingerprint_mismatch_is_a_clear_error(shared_data, clean_store, tmp_pat
                 teacher=TeacherConfig(model=TINY, pretrained="none", allow_random=True, crop="center"),
             )
         )
-    from pipeline.cache_job import dataset_fingerprint
+    from pipeline.data import dataset_fingerprint
 
     with pytest.raises(TargetsMismatchError, match="rebuild"):
         load_targets(clean_store, ["testA"], dataset_fingerprint("refcoco+", shared_data))

@@ -7,9 +7,11 @@ A dataset may also be given as the path of a `.jsonl` file (see `readers.read_js
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from pipeline.data.errors import SplitNotFoundError, UnknownDatasetError
 from pipeline.data.readers import BoxFormat, jsonl_splits, read_jsonl, read_refer_split, read_resc_split
@@ -139,6 +141,20 @@ def dataset_files(dataset: str | Path, data_root: Path | str | None = None) -> l
         elif spec.has_refer_source(root):
             files.extend(spec.refer_files(root) or ())
     return list(dict.fromkeys(files))  # the refer files serve every split: list them once
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(dataset: str | Path, data_root: Path | str | None = None) -> dict[str, Any]:
+    """What a teacher cache was built from: the dataset's name and the hash of every source file."""
+    files = dataset_files(dataset, data_root)
+    return {"name": str(dataset), "files": {path.name: file_sha256(path) for path in files}}
 
 
 def load_split(dataset: str | Path, split: str, data_root: Path | str | None = None) -> list[Sample]:

@@ -45,6 +45,7 @@ class TrainConfig:
     val_split: str = "val"
     eval_splits: tuple[str, ...] = ()  # evaluated at the end, besides val; () = all but train
     max_samples: int | None = None  # per split, for quick runs
+    augment: bool = True  # False: train on the eval transform (overfitting checks)
     workers: int = 4
     seed: int = 0
     device: str = "cpu"

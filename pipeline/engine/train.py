@@ -183,8 +183,9 @@ class Trainer:
         self.samples = {config.train_split: prepare_split(config, config.train_split)}
         for split in self.eval_splits():
             self.samples[split] = prepare_split(config, split)
+        train_transform = TrainTransform if config.augment else EvalTransform
         self.train_set = GroundingDataset(
-            self.samples[config.train_split], TrainTransform(self.transform_config), seed=config.seed
+            self.samples[config.train_split], train_transform(self.transform_config), seed=config.seed
         )
         self.collate = make_collate(self.student_config)
         self.autocast = _autocast_factory(self.device, config.amp)
@@ -192,7 +193,7 @@ class Trainer:
         self.targets = None
         self.online_teacher = None
         if config.distill == "cached":
-            from pipeline.cache_job import dataset_fingerprint
+            from pipeline.data import dataset_fingerprint
             from pipeline.targets import load_targets
 
             self.targets = load_targets(

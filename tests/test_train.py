@@ -1,0 +1,272 @@
+"""Phase 2 on CPU: the trainer with cached / online / no distillation, resume, DDP, NaN, eval, predict."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pipeline.engine.train as train_module
+from pipeline.cache_job import CacheJobConfig, build_cache
+from pipeline.data import load_split, make_shapes
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.train import TrainingDiverged, train
+from pipeline.teacher import TeacherConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(shapes_root, tmp_path_factory) -> Path:
+    return build_cache(
+        CacheJobConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
+            out=tmp_path_factory.mktemp("cache") / "store",
+            decode_workers=0,
+            progress=False,
+        )
+    )
+
+
+def tiny_run(shapes_root: Path, store: Path, out: Path, **changes) -> TrainConfig:
+    settings = dict(
+        dataset="shapes",
+        data_root=shapes_root,
+        out=out,
+        student="tiny",
+        student_overrides={"image_size": 64},
+        distill="cached",
+        cache=store,
+        epochs=2,
+        lr_drop=2,
+        batch_size=4,
+        max_samples=8,
+        workers=0,
+        progress=False,
+        gallery_size=4,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_cached_run_writes_artefacts_and_never_imports_the_teacher(shapes_root, store, tmp_path):
+    out = tmp_path / "run"
+    config_json = json.dumps(tiny_run(shapes_root, store, out).to_dict())
+    script = (
+        "import json, sys\n"
+        "from pipeline.engine.config import TrainConfig\n"
+        "from pipeline.engine.train import train\n"
+        f"summary = train(TrainConfig.from_dict(json.loads({config_json!r})))\n"
+        "print(json.dumps({'open_clip': 'open_clip' in sys.modules,"
+        " 'teacher': 'pipeline.teacher' in sys.modules, 'built': summary['teacher_built']}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    flags = json.loads(done.stdout.strip().splitlines()[-1])
+    assert flags == {"open_clip": False, "teacher": False, "built": False}
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "gallery.png", "summary.json"):
+        assert (out / name).is_file(), name
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert {"loss/box", "loss/giou", "loss/distill_image", "loss/distill_text", "val/acc@0.5"} <= set(
+        epochs[0]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher_fingerprint"]["weights"]["kind"] == "random"
+
+
+def test_resumed_run_ends_with_the_same_weights(shapes_root, store, tmp_path):
+    straight = train(tiny_run(shapes_root, store, tmp_path / "straight"))
+    train(tiny_run(shapes_root, store, tmp_path / "resumed", epochs=1))
+    resumed = train(tiny_run(shapes_root, store, tmp_path / "resumed", resume=True))
+    assert straight["steps"] == resumed["steps"] == 4
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    shapes_root, store, tmp_path, monkeypatch
+):
+    real_loss, calls = train_module.grounding_loss, []
+
+    def poisoned(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > 2:  # epoch 2
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "grounding_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(tiny_run(shapes_root, store, tmp_path / "run"))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_store_for_other_data_is_refused(shapes_root, tmp_path, shared_data):
+    other = build_cache(
+        CacheJobConfig(
+            dataset="refcoco",
+            data_root=shared_data,
+            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
+            out=tmp_path / "other",
+            decode_workers=0,
+            skip_missing=True,
+            progress=False,
+        )
+    )
+    from pipeline.targets import TargetsMismatchError
+
+    with pytest.raises(TargetsMismatchError):
+        train(tiny_run(shapes_root, other, tmp_path / "run"))
+
+
+def test_online_distillation_builds_the_teacher(shapes_root, store, tmp_path):
+    summary = train(
+        tiny_run(
+            shapes_root,
+            None,
+            tmp_path / "run",
+            distill="online",
+            cache=None,
+            teacher_model=TINY_TEACHER,
+            teacher_pretrained="none",
+            allow_random_teacher=True,
+            epochs=1,
+        )
+    )
+    assert summary["teacher_built"] is True
+    assert summary["steps"] == 2
+
+
+def test_eval_and_predict_commands(shapes_root, store, tmp_path):
+    train(tiny_run(shapes_root, store, tmp_path / "run", epochs=1))
+    checkpoint = tmp_path / "run" / "best.pt"
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    shown = subprocess.run(
+        [*cli, "eval", "--checkpoint", str(checkpoint), "--data-root", str(shapes_root), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    results = json.loads(shown.stdout)
+    assert set(results) == {"val", "test"}
+    assert results["val"]["n"] == len(load_split("shapes", "val", shapes_root))
+    sample = load_split("shapes", "val", shapes_root)[0]
+    drawn = subprocess.run(
+        [
+            *cli,
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(sample.image_path),
+            "--text",
+            sample.text,
+            "--out",
+            str(tmp_path / "pred.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    box = json.loads(drawn.stdout.strip().splitlines()[-1])["box_xyxy"]
+    assert len(box) == 4 and box[0] <= box[2] and box[1] <= box[3]
+    assert (tmp_path / "pred.png").stat().st_size > 1000
+
+
+def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, store, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29531",
+        "train_student.py",
+        "shapes",
+        "--data-root",
+        str(shapes_root),
+        "--cache",
+        str(store),
+        "--out",
+        str(out),
+        "--student",
+        "tiny",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-samples",
+        "7",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"]["val"]["n"] == 7  # odd: no padded duplicates across the two ranks
+    single = train_module.Trainer(tiny_run(shapes_root, store, tmp_path / "single", epochs=1, max_samples=7))
+    payload = load_checkpoint(out / "last.pt")
+    single.model.load_state_dict(payload["model"])
+    from pipeline.engine.evaluate import summarize
+
+    for split in ("val", "test"):
+        expected = summarize(single.evaluate(split))
+        assert summary["results"][split]["n"] == expected["n"]
+        assert summary["results"][split]["acc@0.5"] == pytest.approx(expected["acc@0.5"])
+        assert summary["results"][split]["miou"] == pytest.approx(
+            expected["miou"], abs=1e-4
+        )  # batch shapes differ per rank
+
+
+@pytest.mark.slow
+def test_tiny_student_overfits_32_shapes_samples(shapes_root, tmp_path):
+    summary = train(
+        TrainConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            out=tmp_path / "overfit",
+            student="tiny",
+            student_overrides={"dropout": 0.0, "freeze_bn": True},
+            distill="none",
+            epochs=120,
+            lr_drop=90,
+            batch_size=8,
+            lr=1e-3,
+            lr_pretrained=1e-3,
+            weight_decay=0.0,
+            clip_grad=1.0,
+            max_samples=32,
+            augment=False,
+            val_split="train",
+            eval_splits=("train",),
+            workers=0,
+            progress=False,
+        )
+    )
+    assert summary["results"]["train"]["acc@0.5"] >= 0.9
