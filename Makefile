@@ -8,6 +8,7 @@ DATA_ROOT ?= ../shared/data
 DATASET ?= shapes
 OUT ?=
 QUICK ?=
+CACHE ?=
 CACHE_ARGS ?=
 TRAIN_ARGS ?=
 
@@ -40,10 +41,12 @@ demo: $(STAMP)
 	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
 
 ablations: $(STAMP)
-	$(BIN)/epmvg ablations $(DATASET) --data-root $(DATA_ROOT) --out $(or $(OUT),ablations/$(DATASET)) $(if $(QUICK),--quick,)
+	$(BIN)/epmvg ablations $(DATASET) --data-root $(DATA_ROOT) --out $(or $(OUT),ablations/$(DATASET)) \
+		$(if $(CACHE),--cache $(CACHE),) $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.cache_bench --data-root $(DATA_ROOT)
+	$(BIN)/python -m bench.step_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

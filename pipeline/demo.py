@@ -36,10 +36,10 @@ class DemoConfig:
     """Sizes chosen so the full demo ends within 10 minutes on 2 CPU cores."""
 
     out: Path = Path("demo")
-    images: int = 600
-    image_size: int = 128
-    epochs: int = 12
-    lr_drop: int = 9
+    images: int = 300
+    image_size: int = 96
+    epochs: int = 10
+    lr_drop: int = 8
     batch_size: int = 32
     seed: int = 0
     workers: int = 1

@@ -21,6 +21,8 @@ import open_clip
 import torch
 from PIL import Image
 
+from pipeline.data import file_sha256
+
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
 RANDOM_TEACHER_SEED = 0
 
@@ -60,14 +62,6 @@ def _register_model(model: str) -> str:
             "or a path to an open_clip model-config JSON"
         )
     return model
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weights_offline_message(config: TeacherConfig, error: Exception) -> str:
@@ -149,7 +143,7 @@ class Teacher:
         path = Path(pretrained)
         if path.is_file():
             model = open_clip.create_model(self.model_name, pretrained=str(path), pretrained_text=False)
-            return model, {"kind": "file", "sha256": _sha256_file(path)}
+            return model, {"kind": "file", "sha256": file_sha256(path)}
         tags = open_clip.list_pretrained_tags_by_model(self.model_name)
         if pretrained not in tags:
             raise TeacherWeightsError(

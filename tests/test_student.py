@@ -273,3 +273,16 @@ def test_bound_tokenize_pickles_for_dataloader_workers(tokenizer):
 def test_a_missing_backbone_file_is_named():
     with pytest.raises(FileNotFoundError, match="no/such/file.pth"):
         build_student(student_preset("tiny", backbone_weights="no/such/file.pth"))
+
+
+def test_backbone_out_index_picks_a_finer_feature_level():
+    coarse = build_student(student_preset("tiny", image_size=64))
+    fine = build_student(student_preset("tiny", image_size=64, backbone_out_index=-2))
+    assert coarse.backbone.stride == 2 * fine.backbone.stride
+    assert fine.grid_size == 2 * coarse.grid_size
+    pixels, mask = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
+    features, feature_mask = fine.backbone(pixels, mask)
+    assert (
+        features.shape[-1] == 64 // fine.backbone.stride
+        and feature_mask.shape == features.shape[:1] + features.shape[2:]
+    )

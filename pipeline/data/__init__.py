@@ -15,6 +15,7 @@ from pipeline.data.datasets import (
     dataset_files,
     dataset_fingerprint,
     dataset_spec,
+    file_sha256,
     is_jsonl_dataset,
     load_split,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "collate_grounding",
     "dataset_files",
     "dataset_spec",
+    "file_sha256",
     "default_tokenizer",
     "has_spatial_word",
     "inspect_dataset",

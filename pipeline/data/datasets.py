@@ -144,11 +144,8 @@ def dataset_files(dataset: str | Path, data_root: Path | str | None = None) -> l
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def dataset_fingerprint(dataset: str | Path, data_root: Path | str | None = None) -> dict[str, Any]:

@@ -216,7 +216,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for fp16 runs
         self.ddp_model = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.index else None)
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
             if self.env.enabled
             else self.model
         )

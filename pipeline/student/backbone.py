@@ -1,4 +1,4 @@
-"""The CNN of the visual branch: a timm features-only model giving its last (stride-32) stage."""
+"""The CNN of the visual branch: a timm features-only model giving one stage (by default its last)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _weights_file(config: StudentConfig) -> Path:
 def _create_body(config: StudentConfig, timm_pretrained: bool) -> nn.Module:
     try:
         return timm.create_model(
-            config.backbone, pretrained=timm_pretrained, features_only=True, out_indices=(-1,)
+            config.backbone, pretrained=timm_pretrained, features_only=True, out_indices=(config.backbone_out_index,)
         )
     except OSError as error:  # hub download failed: no network and nothing cached
         raise WeightsUnavailableError(f"{backbone_weights_hint(config.backbone)} ({error})") from error

@@ -28,11 +28,14 @@ class StudentConfig:
     architecture, modified by `text_config_overrides`, with random weights (its tokenizer stays real).
     frozen_backbone_stages: leading timm feature levels (stem level first) kept frozen; 2 = stem and
     layer1 of a ResNet, which is what DETR/TransVG freeze.
+    backbone_out_index: the timm feature level fed to the visual encoder; -1 = the last (stride 32, as
+    in TransVG), -2 = stride 16 (a finer grid for small inputs).
     """
 
     backbone: str = "resnet50"
     backbone_weights: str = "timm"
     frozen_backbone_stages: int = 2
+    backbone_out_index: int = -1
     freeze_bn: bool = True  # DETR/TransVG use FrozenBatchNorm2d: batches are small and padded
     channels_last: bool = False
     text_encoder: str = "bert-base-uncased"
