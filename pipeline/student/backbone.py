@@ -66,7 +66,10 @@ def _weights_file(config: StudentConfig) -> Path:
 def _create_body(config: StudentConfig, timm_pretrained: bool) -> nn.Module:
     try:
         return timm.create_model(
-            config.backbone, pretrained=timm_pretrained, features_only=True, out_indices=(config.backbone_out_index,)
+            config.backbone,
+            pretrained=timm_pretrained,
+            features_only=True,
+            out_indices=(config.backbone_out_index,),
         )
     except OSError as error:  # hub download failed: no network and nothing cached
         raise WeightsUnavailableError(f"{backbone_weights_hint(config.backbone)} ({error})") from error
