@@ -30,7 +30,6 @@ from pipeline.data import (
     swap_left_right,
     validate_samples,
 )
-from pipeline.data.sample import Sample
 from pipeline.teacher import Teacher, TeacherConfig, build_teacher
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,6 @@ class ShardTask:
     store: Path
     table: str
     shard: int
-    rows: tuple[int, int]
     items: tuple[str, ...]  # image paths or texts
 
 
@@ -236,7 +234,7 @@ def _pending_tasks(writer: storage.StoreWriter, out: Path, plan: CachePlan) -> I
     for table, items in sources.items():
         for shard in writer.pending_shards(table):
             start, stop = writer.shard_range(table, shard)
-            yield ShardTask(out, table, shard, (start, stop), tuple(items[start:stop]))
+            yield ShardTask(out, table, shard, tuple(items[start:stop]))
 
 
 def _run_here(teacher: Teacher, tasks: list[ShardTask], config: CacheJobConfig) -> None:
@@ -289,8 +287,3 @@ def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def samples_rows(samples: Sequence[Sample]) -> np.ndarray:
-    """The split-file positions of samples: the keys into a store's index arrays."""
-    return np.fromiter((s.index for s in samples), dtype=np.int64, count=len(samples))

@@ -12,7 +12,7 @@ import json
 import socket
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +260,6 @@ def build_teacher(config: TeacherConfig) -> Teacher:
             stacklevel=2,
         )
     return teacher
-
-
-def teacher_config_dict(config: TeacherConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def _first(size: Any) -> int:
