@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,10 +256,9 @@ def _dask_shard(task: ShardTask, config: CacheJobConfig) -> tuple[str, int]:
     if teacher_config.device.startswith("cuda") and torch.cuda.device_count() > 1:
         from distributed import get_worker
 
-        worker_id = int(get_worker().name) if str(get_worker().name).isdigit() else 0
-        teacher_config = TeacherConfig(
-            **{**teacher_config.__dict__, "device": f"cuda:{worker_id % torch.cuda.device_count()}"}
-        )
+        name = str(get_worker().name)
+        worker_id = int(name) if name.isdigit() else 0
+        teacher_config = replace(teacher_config, device=f"cuda:{worker_id % torch.cuda.device_count()}")
     compute_shard(_worker_teacher(teacher_config), task, config)
     return task.table, task.shard
 
