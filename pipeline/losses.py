@@ -57,14 +57,17 @@ def pool_teacher(embedding: Tensor, width: int) -> Tensor:
 
 
 def distillation_loss(
-    student_token: Tensor, teacher_embedding: Tensor, kind: DistillKind = "cosine"
+    student_token: Tensor, teacher_embedding: Tensor, kind: DistillKind = "cosine", teacher_grad: bool = False
 ) -> Tensor:
     """One distillation term d(token, pool(teacher)): 1 − cosine similarity (EpmVG) or L1, batch mean.
 
     student_token: [B, D] ([VLS] or [CLS]); teacher_embedding: [B, d] (cached DIE or DTE). The teacher is
-    frozen, so no gradient flows into it even when the cache hands over a tensor that requires one.
+    frozen, so no gradient flows into it even when handed a tensor that requires one; teacher_grad=True
+    lets it through, for the unfrozen-teacher ablation.
     """
-    teacher = pool_teacher(teacher_embedding.detach().to(student_token.dtype), student_token.shape[-1])
+    if not teacher_grad:
+        teacher_embedding = teacher_embedding.detach()
+    teacher = pool_teacher(teacher_embedding.to(student_token.dtype), student_token.shape[-1])
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(student_token, teacher, dim=-1)).mean()
     if kind == "l1":
@@ -91,12 +94,13 @@ def grounding_loss(
     teacher_image: Tensor | None = None,
     teacher_text: Tensor | None = None,
     config: LossConfig | None = None,
+    teacher_grad: bool = False,
 ) -> dict[str, Tensor]:
     """Total EpmVG loss L = L_box + λ·L_giou + α·d(VLS, pool(DIE)) + β·d(CLS, pool(DTE)).
 
     Returns the unweighted terms ("box", "giou", and "distill_image" / "distill_text" when that term is
     on and its teacher tensor is given) and their weighted sum "total". Without teacher tensors this is
-    plain TransVG training.
+    plain TransVG training. teacher_grad=True lets the distillation gradient reach a trainable teacher.
     """
     config = config or LossConfig()
     # Losses in float32 even when the student ran under bf16/fp16 autocast.
@@ -108,10 +112,10 @@ def grounding_loss(
     }
     total = terms["box"] + config.giou_weight * terms["giou"]
     if config.image_term and teacher_image is not None:
-        terms["distill_image"] = distillation_loss(vls, teacher_image, config.distill)
+        terms["distill_image"] = distillation_loss(vls, teacher_image, config.distill, teacher_grad)
         total = total + config.image_weight * terms["distill_image"]
     if config.text_term and teacher_text is not None:
-        terms["distill_text"] = distillation_loss(cls, teacher_text, config.distill)
+        terms["distill_text"] = distillation_loss(cls, teacher_text, config.distill, teacher_grad)
         total = total + config.text_weight * terms["distill_text"]
     terms["total"] = total
     return terms

@@ -107,6 +107,13 @@ def test_distillation_does_not_train_the_teacher():
     assert student.grad is not None and teacher.grad is None
 
 
+def test_distillation_trains_the_teacher_only_when_asked():
+    student = torch.randn(2, 4, requires_grad=True)
+    teacher = torch.randn(2, 8, requires_grad=True)
+    distillation_loss(student, teacher, teacher_grad=True).backward()
+    assert teacher.grad is not None and teacher.grad.abs().sum() > 0
+
+
 def _output() -> StudentOutput:
     # box: smooth-L1 0.5·(0.2² + 0.2²) = 0.04; xyxy (.4,.4,.6,.6) inside (.3,.3,.7,.7) → IoU = GIoU = 0.25
     return StudentOutput(
