@@ -160,6 +160,7 @@ def train(
     skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     compile: bool = typer.Option(False, help="torch.compile the student"),
+    sync_every: int = typer.Option(50, help="steps between host reads of the loss (NaN check, progress)"),
 ) -> None:
     """Train the TransVG student; `torchrun --nproc-per-node N train_student.py ...` for DDP."""
     from pipeline.engine.config import TrainConfig
@@ -206,6 +207,7 @@ def train(
             skip_missing=skip_missing,
             resume=resume,
             compile=compile,
+            sync_every=sync_every,
         )
         run_training(config)
     except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:

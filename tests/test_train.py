@@ -119,6 +119,41 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
 
+def test_loss_reaches_the_host_every_sync_every_steps_and_at_the_epoch_end(
+    shapes_root, store, tmp_path, monkeypatch
+):
+    real_sync, syncs = train_module.Trainer.synced_means, []
+
+    def counting(self, running, count):
+        syncs.append(count)
+        return real_sync(self, running, count)
+
+    monkeypatch.setattr(train_module.Trainer, "synced_means", counting)
+    summary = train(tiny_run(shapes_root, store, tmp_path / "run", epochs=1, batch_size=2, sync_every=3))
+    assert summary["steps"] == 4
+    assert syncs == [3, 4, 4]  # step 3, the last step (progress bar), the epoch's means
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["loss/total"] > 0 and all(isinstance(row[f"loss/{key}"], float) for key in ("box", "giou"))
+
+
+def test_a_nan_inside_a_sync_window_is_still_caught_before_the_checkpoint(
+    shapes_root, store, tmp_path, monkeypatch
+):
+    real_loss, calls = train_module.grounding_loss, []
+
+    def poisoned_once(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first step only; the window's sum stays NaN
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "grounding_loss", poisoned_once)
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        train(tiny_run(shapes_root, store, tmp_path / "run", batch_size=2, sync_every=100))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_store_for_other_data_is_refused(shapes_root, tmp_path, shared_data):
     other = build_cache(
         CacheJobConfig(
@@ -153,6 +188,37 @@ def test_online_distillation_builds_the_teacher(shapes_root, store, tmp_path):
     )
     assert summary["teacher_built"] is True
     assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_root, tmp_path, trainable):
+    config = tiny_run(
+        shapes_root,
+        None,
+        tmp_path / "run",
+        distill="online",
+        cache=None,
+        teacher_model=TINY_TEACHER,
+        teacher_pretrained="none",
+        allow_random_teacher=True,
+        teacher_trainable=trainable,
+        epochs=1,
+    )
+    trainer = train_module.Trainer(config)
+    teacher = trainer.online_teacher.teacher.model
+    before = {key: value.clone() for key, value in teacher.state_dict().items()}
+    trainer.fit()
+    changed = [key for key, value in teacher.state_dict().items() if not torch.equal(value, before[key])]
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    if trainable:
+        assert changed, "a trainable teacher's weights must move"
+        assert all(torch.equal(checkpoint["teacher"][key], teacher.state_dict()[key]) for key in changed)
+        resumed = train_module.Trainer(config)
+        resumed.resume()
+        restored = resumed.online_teacher.teacher.model.state_dict()
+        assert all(torch.equal(restored[key], teacher.state_dict()[key]) for key in changed)
+    else:
+        assert changed == [] and "teacher" not in checkpoint
 
 
 def test_eval_and_predict_commands(shapes_root, store, tmp_path):

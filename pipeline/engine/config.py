@@ -54,11 +54,14 @@ class TrainConfig:
     skip_missing: bool = False
     resume: bool = False
     gallery_size: int = 12
+    sync_every: int = 50  # steps between reading the loss on the host (NaN check, progress bar)
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.distill not in DISTILL_MODES:
             raise ValueError(f"--distill must be one of {DISTILL_MODES}, got {self.distill!r}")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
         if self.distill == "cached" and self.cache is None:
             raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
         default_epochs, default_drop = paper_schedule(self.dataset)

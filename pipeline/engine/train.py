@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,7 +245,7 @@ class Trainer:
     # checkpoints ---------------------------------------------------------------------------------
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -256,10 +257,15 @@ class Trainer:
             "train_config": self.config.to_dict(),
             "student_config": self.student_config.to_dict(),
         }
+        if self.online_teacher is not None and self.online_teacher.trainable:
+            payload["teacher"] = self.online_teacher.teacher.model.state_dict()  # it trains: resume needs it
+        return payload
 
     def resume(self) -> None:
         payload = load_checkpoint(self.out / LAST)
         self.model.load_state_dict(payload["model"])
+        if "teacher" in payload:
+            self.online_teacher.teacher.model.load_state_dict(payload["teacher"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -271,7 +277,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.train_set.set_epoch(epoch)
         self.ddp_model.train()
-        totals: dict[str, float] = {}
+        running: dict[str, torch.Tensor] = {}
         count, started = 0, time.perf_counter()
         loader = self._loader(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (self.config.progress and self.env.is_main))
@@ -279,15 +285,33 @@ class Trainer:
             terms = self.train_step(batch)
             count += 1
             for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + value
-            rate = count * self.config.batch_size * self.env.world_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{terms['total']:.3f}", samples_s=f"{rate:.1f}")
-        means = {f"loss/{key}": value / max(count, 1) for key, value in totals.items()}
+                running[key] = running[key] + value if key in running else value
+            if count % self.config.sync_every == 0 or count == len(loader):
+                means = self.synced_means(running, count)
+                rate = count * self.config.batch_size * self.env.world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{means['total']:.3f}", samples_s=f"{rate:.1f}")
+        means = {f"loss/{key}": value for key, value in self.synced_means(running, count).items()}
         elapsed = time.perf_counter() - started
         means["samples_per_s"] = (
             len(loader) * self.config.batch_size * self.env.world_size / max(elapsed, 1e-9)
         )
         return means
+
+    def synced_means(self, running: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Epoch-so-far mean of each loss term over all ranks; stops the run if any step's loss was not
+        finite. The one host-device sync of the loop, every `sync_every` steps and at the epoch's end."""
+        if not running:
+            return {}
+        keys = sorted(running)
+        sums = torch.stack([running[key] for key in keys]).float()
+        means = all_reduce_mean(sums / count, self.env).tolist()
+        if not all(math.isfinite(value) for value in means):
+            raise TrainingDiverged(
+                f"the loss became {dict(zip(keys, means, strict=True))} in epoch {self.state.epoch + 1} "
+                f"(by step {self.state.step}); the last good checkpoint is {self.out / LAST} "
+                "(try a lower --lr or --clip-grad)"
+            )
+        return dict(zip(keys, means, strict=True))
 
     def teacher_targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.targets is not None:
@@ -299,7 +323,9 @@ class Trainer:
             return self.online_teacher(batch["pixels"].to(self.device), batch["text"])
         return None, None
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimizer step. Returns the detached loss terms on the device: reading them here would
+        make the host wait for the GPU every step (`synced_means` does it every `sync_every` steps)."""
         teacher_image, teacher_text = self.teacher_targets(batch)
         with self.autocast():
             output = self.ddp_model(
@@ -309,14 +335,14 @@ class Trainer:
                 batch["token_mask"].to(self.device, non_blocking=True),
             )
         terms = grounding_loss(
-            output, batch["box"].to(self.device), teacher_image, teacher_text, self.config.loss
+            output,
+            batch["box"].to(self.device),
+            teacher_image,
+            teacher_text,
+            self.config.loss,
+            teacher_grad=self.online_teacher is not None and self.online_teacher.trainable,
         )
         loss = terms["total"]
-        if not torch.isfinite(all_reduce_mean(loss.detach(), self.env)):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}; "
-                f"the last good checkpoint is {self.out / LAST} (try a lower --lr or --clip-grad)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.clip_grad > 0:
@@ -326,7 +352,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.state.step += 1
-        return {key: float(value.detach()) for key, value in terms.items()}
+        return {key: value.detach() for key, value in terms.items()}
 
     def evaluate(self, split: str) -> list[Prediction]:
         dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
