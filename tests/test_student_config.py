@@ -56,3 +56,26 @@ def test_pixel_normalization_follows_the_backbone():
     assert pixel_normalization(student_preset("small")) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert pixel_normalization(student_preset("transvg-r50")) == imagenet
+
+
+def test_random_r50_preset_builds_the_paper_architecture_offline():
+    """The benchmark stand-in for transvg-r50: ResNet-50 and BERT-base shapes, no download needed."""
+    import timm
+
+    from pipeline.student import build_student
+
+    paper, stand_in = student_preset("transvg-r50"), student_preset("transvg-r50-random")
+    shared = ("backbone", "frozen_backbone_stages", "freeze_bn", "hidden_dim", "visual_layers", "vl_layers")
+    assert all(getattr(paper, name) == getattr(stand_in, name) for name in shared)
+    model = build_student(stand_in)
+    reference = timm.create_model("resnet50", features_only=True, out_indices=(-1,))
+    ours = {key: value.shape for key, value in model.backbone.body.state_dict().items()}
+    expected = {
+        key: value.shape
+        for key, value in reference.state_dict().items()
+        if not key.endswith("num_batches_tracked")  # frozen BatchNorm keeps no counter
+    }
+    assert ours == expected
+    # BERT-base-uncased without its pooler: 109,482,240 - (768 * 768 + 768) parameters.
+    assert sum(p.numel() for p in model.text_encoder.parameters()) == 108_891_648
+    assert model.text_encoder.config.vocab_size == 30522

@@ -1,6 +1,8 @@
 """The student's configuration and its named presets (JSON files in pipeline/configs/student/).
 
 - transvg-r50: the paper's student (ResNet-50 + BERT-base, 640 px); needs the hub or local weights.
+- transvg-r50-random: the same architecture with random weights, buildable offline (BERT-base's shape
+  from MiniLM's config, which shares BERT-base-uncased's vocabulary and tokenizer); for speed benchmarks.
 - small: EfficientNet-Lite0 + MiniLM-L6 from the weights shipped as Python packages; a CPU demo at 160 px.
 - tiny: random test_resnet + a random 2-layer 64-wide BERT with MiniLM's real tokenizer, 128 px; for
   tests. Its BatchNorm is left trainable: random weights have no statistics worth freezing.
