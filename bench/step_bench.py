@@ -1,10 +1,13 @@
 """Training-step benchmark: distill none / cached / online, timed interleaved in one run.
 
 It times the trainer's own `train_step` (compute only: one pre-collated batch of real shapes images,
-reused) and, with `--loader`, a whole epoch with real JPEG decoding and augmentation. The teacher has
-random weights: speed does not depend on them.
+reused) and, with `--loader-batches N`, N steps of the cached run fed by its real DataLoader (JPEG
+decoding and augmentation in `--workers` processes), against the compute-only figure. Teacher and
+student have random weights (`transvg-r50-random` is the paper's student, buildable offline): speed does
+not depend on them.
 
-    python -m bench.step_bench --student transvg-r50 --batch-size 64 --teacher ViT-B-16 --device cuda
+    python -m bench.step_bench --student transvg-r50-random --image-size 640 --batch-size 64 \
+        --teacher ViT-B-16 --loader-batches 50 --workers 14 --peak-tflops 989 --device cuda
     python -m bench.step_bench --student small --image-size 96 --batch-size 16      # CPU
 """
 
@@ -47,11 +50,30 @@ def time_steps(trainer: Trainer, batch: dict, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
+def time_loader_steps(trainer: Trainer, batches: int) -> float:
+    """Mean seconds per step of `batches` steps fed by the run's own DataLoader (decode + augment).
+
+    The first batch is taken before the clock starts: it pays for starting the worker processes."""
+    loader = iter(trainer._loader(0))
+    trainer.train_step(next(loader))
+    _sync(trainer.config.device)
+    started = time.perf_counter()
+    for _ in range(batches):
+        trainer.train_step(next(loader))
+    _sync(trainer.config.device)
+    return (time.perf_counter() - started) / batches
+
+
 def step_flops(trainer: Trainer, batch: dict) -> int:
-    """FLOPs of one training step (forward + backward), counted by torch."""
+    """FLOPs of one training step (forward + backward), counted by torch on the eager model (the
+    counter does not see inside compiled graphs; compiling does not change the FLOPs)."""
+    compiled, trainer.ddp_model = trainer.ddp_model, trainer.model
     counter = FlopCounterMode(display=False)
-    with counter:
-        trainer.train_step(batch)
+    try:
+        with counter:
+            trainer.train_step(batch)
+    finally:
+        trainer.ddp_model = compiled
     return counter.get_total_flops()
 
 
@@ -64,12 +86,18 @@ def main(
     rounds: int = typer.Option(3),
     device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu"),
     peak_tflops: float = typer.Option(0.0, help="device peak (e.g. 989 for H100 bf16 dense) for MFU"),
+    compile: bool = typer.Option(False, help="torch.compile the student in every mode"),
+    loader_batches: int = typer.Option(0, help="also time N steps fed by the real DataLoader; 0 = skip"),
+    workers: int = typer.Option(4, help="DataLoader processes for --loader-batches"),
+    jpeg_size: int = typer.Option(256, help="side of the generated shapes JPEGs (640 ~ a COCO image)"),
     workdir: Path | None = typer.Option(None),
 ) -> None:
     root = workdir or Path(tempfile.mkdtemp(prefix="epmvg-stepbench-"))
     data_root = root / "data"
     if not (data_root / "splits").is_dir():
-        make_shapes(data_root, n=max(40, batch_size), seed=0)
+        # ~4 expressions an image, 80% of images in train: enough train samples for every timed batch.
+        images = max(40, batch_size, (loader_batches + 2) * batch_size // 3)
+        make_shapes(data_root, n=images, seed=0, image_size=jpeg_size)
     teacher_config = TeacherConfig(model=teacher, pretrained="none", allow_random=True, device=device)
     store = build_cache(
         CacheJobConfig(
@@ -91,8 +119,9 @@ def main(
                 teacher_pretrained="none",
                 allow_random_teacher=True,
                 batch_size=batch_size,
-                workers=0,
+                workers=workers if mode == "cached" else 0,
                 device=device,
+                compile=compile,
                 progress=False,
             )
         )
@@ -106,6 +135,7 @@ def main(
         for mode, trainer in trainers.items():
             samples[mode].append(time_steps(trainer, batch, steps))
     flops = step_flops(trainers["none"], batch)
+    loader_seconds = time_loader_steps(trainers["cached"], loader_batches) if loader_batches else None
     base = statistics.median(samples["none"])
     results = {}
     for mode in MODES:
@@ -125,11 +155,22 @@ def main(
         "batch_size": batch_size,
         "teacher": Path(teacher).stem,
         "rounds_x_steps": f"{rounds}x{steps}",
+        "compile": compile,
         "results": results,
         "student_step_gflop": round(flops / 1e9, 1),
         "achieved_tflops": round(achieved / 1e12, 3),
         "mfu": round(achieved / (peak_tflops * 1e12), 3) if peak_tflops else None,
     }
+    if loader_seconds is not None:
+        compute_only = statistics.median(samples["cached"])
+        report["end_to_end_cached"] = {
+            "steps": loader_batches,
+            "workers": workers,
+            "jpeg_size": jpeg_size,
+            "ms_per_step": round(1000 * loader_seconds, 1),
+            "images_per_s": round(batch_size / loader_seconds, 1),
+            "vs_compute_only_pct": round(100 * (loader_seconds / compute_only - 1), 1),
+        }
     print(json.dumps(report, indent=2))
 
 
