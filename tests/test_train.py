@@ -221,6 +221,29 @@ def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_
         assert changed == [] and "teacher" not in checkpoint
 
 
+def test_compiled_student_trains_and_checkpoints_plain_weights(shapes_root, store, tmp_path, monkeypatch):
+    """--compile: the compiled student trains, and checkpoints hold the plain module's keys.
+
+    Inductor's C++ build takes ~80 s on a 2-core CPU, so the test traces with the aot_eager backend:
+    the same dynamo graphs, without code generation."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    real_compile, compiled = torch.compile, []
+
+    def compile_with_aot_eager(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    summary = train(tiny_run(shapes_root, store, tmp_path / "run", epochs=1, compile=True))
+    assert len(compiled) == 1 and summary["steps"] == 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    keys = load_checkpoint(tmp_path / "run" / "last.pt")["model"].keys()
+    assert keys == compiled[0].state_dict().keys()
+    assert not any("_orig_mod" in key for key in keys)
+
+
 def test_eval_and_predict_commands(shapes_root, store, tmp_path):
     train(tiny_run(shapes_root, store, tmp_path / "run", epochs=1))
     checkpoint = tmp_path / "run" / "best.pt"
