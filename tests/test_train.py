@@ -101,19 +101,24 @@ def test_resumed_run_ends_with_the_same_weights(shapes_root, store, tmp_path):
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
-    shapes_root, store, tmp_path, monkeypatch
-):
+def poison_loss(monkeypatch, poisoned_steps) -> None:
+    """Make the total loss NaN at the given (1-based) training steps."""
     real_loss, calls = train_module.grounding_loss, []
 
     def poisoned(*args, **kwargs):
         terms = real_loss(*args, **kwargs)
         calls.append(1)
-        if len(calls) > 2:  # epoch 2
+        if poisoned_steps(len(calls)):
             terms["total"] = terms["total"] * float("nan")
         return terms
 
     monkeypatch.setattr(train_module, "grounding_loss", poisoned)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    shapes_root, store, tmp_path, monkeypatch
+):
+    poison_loss(monkeypatch, lambda step: step > 2)  # epoch 2
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(tiny_run(shapes_root, store, tmp_path / "run"))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
@@ -139,16 +144,7 @@ def test_loss_reaches_the_host_every_sync_every_steps_and_at_the_epoch_end(
 def test_a_nan_inside_a_sync_window_is_still_caught_before_the_checkpoint(
     shapes_root, store, tmp_path, monkeypatch
 ):
-    real_loss, calls = train_module.grounding_loss, []
-
-    def poisoned_once(*args, **kwargs):
-        terms = real_loss(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:  # the first step only; the window's sum stays NaN
-            terms["total"] = terms["total"] * float("nan")
-        return terms
-
-    monkeypatch.setattr(train_module, "grounding_loss", poisoned_once)
+    poison_loss(monkeypatch, lambda step: step == 1)  # NaN weights follow; the window's sum stays NaN
     with pytest.raises(TrainingDiverged, match="epoch 1"):
         train(tiny_run(shapes_root, store, tmp_path / "run", batch_size=2, sync_every=100))
     assert not (tmp_path / "run" / "last.pt").exists()
@@ -172,24 +168,6 @@ def test_store_for_other_data_is_refused(shapes_root, tmp_path, shared_data):
         train(tiny_run(shapes_root, other, tmp_path / "run"))
 
 
-def test_online_distillation_builds_the_teacher(shapes_root, store, tmp_path):
-    summary = train(
-        tiny_run(
-            shapes_root,
-            None,
-            tmp_path / "run",
-            distill="online",
-            cache=None,
-            teacher_model=TINY_TEACHER,
-            teacher_pretrained="none",
-            allow_random_teacher=True,
-            epochs=1,
-        )
-    )
-    assert summary["teacher_built"] is True
-    assert summary["steps"] == 2
-
-
 @pytest.mark.parametrize("trainable", [False, True])
 def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_root, tmp_path, trainable):
     config = tiny_run(
@@ -207,7 +185,8 @@ def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_
     trainer = train_module.Trainer(config)
     teacher = trainer.online_teacher.teacher.model
     before = {key: value.clone() for key, value in teacher.state_dict().items()}
-    trainer.fit()
+    summary = trainer.fit()
+    assert summary["teacher_built"] is True and summary["steps"] == 2
     changed = [key for key, value in teacher.state_dict().items() if not torch.equal(value, before[key])]
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     if trainable:
