@@ -134,6 +134,9 @@ def train(
     distill: str = typer.Option("cached", help="none | cached | online"),
     student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, tiny"),
     image_size: int | None = typer.Option(None, help="override the preset's input size"),
+    detr_weights: Path | None = typer.Option(
+        None, help="DETR checkpoint for the visual branch, as TransVG (its detr-r50-<dataset>.pth)"
+    ),
     epochs: int | None = typer.Option(None, help="default: the paper's (90; RefCOCO+ 180)"),
     lr_drop: int | None = typer.Option(None, help="epoch of the x0.1 drop (default: the paper's)"),
     batch_size: int = typer.Option(64),
@@ -168,7 +171,9 @@ def train(
     from pipeline.losses import LossConfig
 
     _setup_logging()
-    overrides = {"image_size": image_size} if image_size else {}
+    overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
+    if detr_weights is not None:
+        overrides["visual_init"] = str(detr_weights)
     loss = LossConfig(
         giou_weight=giou_weight,
         image_weight=image_weight,

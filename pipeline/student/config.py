@@ -32,6 +32,8 @@ class StudentConfig:
     layer1 of a ResNet, which is what DETR/TransVG freeze.
     backbone_out_index: the timm feature level fed to the visual encoder; -1 = the last (stride 32, as
     in TransVG), -2 = stride 16 (a finer grid for small inputs).
+    visual_init: a DETR checkpoint whose backbone, input projection and encoder initialise the visual
+    branch, as TransVG does (its detr-r50-<dataset>.pth); None = ImageNet backbone, random encoder.
     """
 
     backbone: str = "resnet50"
@@ -40,6 +42,7 @@ class StudentConfig:
     backbone_out_index: int = -1
     freeze_bn: bool = True  # DETR/TransVG use FrozenBatchNorm2d: batches are small and padded
     channels_last: bool = False
+    visual_init: str | None = None
     text_encoder: str = "bert-base-uncased"
     text_encoder_weights: str = "pretrained"
     text_layers_used: int | None = None  # keep only the first N text-encoder layers; None = all

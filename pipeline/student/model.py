@@ -8,6 +8,7 @@ embeddings.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -16,6 +17,7 @@ from torchvision.ops import MLP
 
 from pipeline.student.backbone import build_backbone
 from pipeline.student.config import StudentConfig, student_preset
+from pipeline.student.detr import load_detr_visual_weights
 from pipeline.student.position import sine_position_encoding
 from pipeline.student.text import build_text_encoder
 from pipeline.student.transformer import Encoder
@@ -48,6 +50,8 @@ class TransVG(nn.Module):
         self.vl_pos = nn.Embedding(1 + self.grid_size**2 + config.max_query_len, dim)
         self.vl_encoder = Encoder(dim, config.heads, config.ffn_dim, config.dropout, config.vl_layers)
         self.box_head = MLP(dim, [dim, dim, 4])
+        if pretrained and config.visual_init:
+            load_detr_visual_weights(self, Path(config.visual_init))
 
     def forward(
         self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
@@ -117,17 +121,23 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """AdamW groups: pretrained backbone and text encoder at `lr_pretrained`, the rest at `lr`.
 
-    A branch built with random weights ("none") trains at `lr`; frozen parameters are left out.
+    A branch built with random weights ("none") trains at `lr`; frozen parameters are left out. With a
+    DETR initialisation the visual transformer (input projection and encoder) is pretrained too, and
+    trains at `lr_pretrained` as in TransVG.
     """
     config = model.config
     pretrained = {
-        "backbone": config.backbone_weights != "none",
+        "backbone": config.backbone_weights != "none" or bool(config.visual_init),
+        "visual_transformer": bool(config.visual_init),
         "text_encoder": config.text_encoder_weights != "none",
     }
-    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "text_encoder": [], "head": []}
+    visual_transformer = ("input_proj", "visual_encoder") if config.visual_init else ()
+    branch_group = dict.fromkeys(visual_transformer, "visual_transformer")
+    groups: dict[str, list[nn.Parameter]] = {name: [] for name in (*pretrained, "head")}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             branch = name.split(".", 1)[0]
+            branch = branch_group.get(branch, branch)
             groups[branch if branch in pretrained else "head"].append(parameter)
     return [
         {
