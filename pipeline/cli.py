@@ -238,6 +238,25 @@ def evaluate(
     typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
 
 
+@app.command("diagnose")
+def diagnose(
+    checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
+    data_root: Path = DATA_ROOT,
+    split: str = typer.Option("val"),
+    samples: int = typer.Option(32, help="records probed (one batch)"),
+    skip_missing: bool = typer.Option(False),
+) -> None:
+    """Does the student read the image? Box spread over images vs texts, and [REG]'s attention split."""
+    from pipeline.engine.diagnose import diagnose_checkpoint
+
+    try:
+        report = diagnose_checkpoint(checkpoint, data_root, split, samples, skip_missing)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(json.dumps(report, indent=2))
+
+
 @app.command("predict")
 def predict(
     checkpoint: Path = typer.Option(...),

@@ -126,6 +126,19 @@ def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[
     return tuple(float(v) for v in box)
 
 
+def data_config_for(train_config: dict, data_root: Path, dataset: str | None, skip_missing: bool):
+    """A checkpoint's run config pointed at `data_root` (and `dataset`, default its own), for reading
+    its splits whole, without a teacher."""
+    from pipeline.engine.config import TrainConfig
+
+    config = TrainConfig.from_dict({**train_config, "distill": "none", "data_root": str(data_root)})
+    config.skip_missing = skip_missing
+    config.max_samples = None
+    if dataset:
+        config.dataset = dataset
+    return config
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     data_root: Path,
@@ -137,16 +150,11 @@ def evaluate_checkpoint(
 ) -> dict[str, dict[str, float]]:
     """Per-split Acc@0.5 / mIoU of a checkpoint on a dataset (its own by default)."""
     from pipeline.data import EvalTransform, available_splits
-    from pipeline.engine.config import TrainConfig
     from pipeline.engine.distributed import DistEnv
     from pipeline.engine.train import make_collate, prepare_split, transform_config_for
 
     model, _, train_config = load_student(checkpoint, device)
-    config = TrainConfig.from_dict({**train_config, "distill": "none", "data_root": str(data_root)})
-    config.skip_missing = skip_missing
-    config.max_samples = None
-    if dataset:
-        config.dataset = dataset
+    config = data_config_for(train_config, data_root, dataset, skip_missing)
     splits = splits or [s for s in available_splits(config.dataset, data_root) if s != config.train_split]
     transform = EvalTransform(transform_config_for(model.config))
     collate = make_collate(model.config)

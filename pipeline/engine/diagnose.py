@@ -1,0 +1,81 @@
+"""Does the student look at the image? Two probes for the text shortcut of grounding models.
+
+A grounding model can lower its loss from the query alone ("the left ..." → a box on the left) and
+stop reading the image. These probes tell, for one batch of a split:
+
+- box_dependence: how far the predicted box (cx, cy, w, h) moves when only the image changes (the
+  batch's images under the first sample's text) and when only the text changes (the first sample's
+  image under the batch's texts), as standard deviations over the batch;
+- reg_attention: where the [REG] token's attention goes in the first fusion layer (itself, visual
+  tokens, text tokens), averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.student import TransVG
+
+
+@torch.no_grad()
+def box_dependence(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
+    """Mean over (cx, cy, w, h) of the box's std when only the image, or only the text, varies."""
+    pixels, pixel_mask = batch["pixels"], batch["pixel_mask"]
+    token_ids, token_mask = batch["token_ids"], batch["token_mask"]
+    one_text = (token_ids[:1].expand_as(token_ids), token_mask[:1].expand_as(token_mask))
+    one_image = (pixels[:1].expand_as(pixels), pixel_mask[:1].expand_as(pixel_mask))
+    images_vary = model(pixels, pixel_mask, *one_text).box
+    texts_vary = model(*one_image, token_ids, token_mask).box
+    return {
+        "box_std_over_images": float(images_vary.float().std(0).mean()),
+        "box_std_over_texts": float(texts_vary.float().std(0).mean()),
+        "target_box_std": float(batch["box"].float().std(0).mean()),
+    }
+
+
+@torch.no_grad()
+def reg_attention(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
+    """Share of the [REG] token's attention on itself / visual / text tokens in the first fusion layer."""
+    visual, visual_pad, grid_hw = model.encode_image(batch["pixels"], batch["pixel_mask"])
+    text = model.encode_text(batch["token_ids"], batch["token_mask"])
+    reg = model.reg_token.weight.expand(visual.shape[0], 1, -1)
+    tokens = torch.cat([reg, visual, text], dim=1)
+    pad_mask = torch.cat([torch.zeros_like(visual_pad[:, :1]), visual_pad, ~batch["token_mask"]], dim=1)
+    pos = model.vl_pos(model.vl_position_ids(grid_hw, batch["token_ids"].shape[1], tokens.device))
+    query_key = tokens + pos.unsqueeze(0)
+    attention = model.vl_encoder.layers[0].self_attn
+    _, weights = attention(query_key, query_key, tokens, key_padding_mask=pad_mask, need_weights=True)
+    reg_weights = weights[:, 0].float()  # [B, tokens], averaged over heads
+    visual_end = 1 + visual.shape[1]
+    return {
+        "reg_attention_self": float(reg_weights[:, 0].mean()),
+        "reg_attention_visual": float(reg_weights[:, 1:visual_end].sum(-1).mean()),
+        "reg_attention_text": float(reg_weights[:, visual_end:].sum(-1).mean()),
+    }
+
+
+def diagnose(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
+    """Both probes on one collated batch (eval mode: dropout would blur them)."""
+    model.eval()
+    return {**box_dependence(model, batch), **reg_attention(model, batch)}
+
+
+def diagnose_checkpoint(
+    checkpoint: Path, data_root: Path, split: str, samples: int, skip_missing: bool = False
+) -> dict[str, float]:
+    """The probes on the first `samples` records of a split of the checkpoint's dataset."""
+    from pipeline.data import EvalTransform, GroundingDataset
+    from pipeline.engine.evaluate import data_config_for, load_student
+    from pipeline.engine.train import make_collate, prepare_split, transform_config_for
+
+    model, _, train_config = load_student(checkpoint)
+    config = data_config_for(train_config, data_root, None, skip_missing)
+    records = prepare_split(config, split)[:samples]
+    if len(records) < 2:
+        raise ValueError(f"split {split!r} has {len(records)} usable records; the probes need at least 2")
+    dataset = GroundingDataset(records, EvalTransform(transform_config_for(model.config)), seed=0)
+    batch = make_collate(model.config)([dataset[i] for i in range(len(dataset))])
+    return {"split": split, "samples": len(records), **diagnose(model, batch)}
