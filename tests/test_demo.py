@@ -1,6 +1,7 @@
 """The newcomer's path: the demo pipeline and the ablation grid, in their QUICK forms, end to end."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
     report = (out / "report.md").read_text()
     assert "RANDOM weights" in report  # the random teacher is labelled wherever it shows
     assert "Acc@0.5" in report and "val" in report and "test" in report
+    assert "Does the student read the image?" in report
+    diagnosis = json.loads((out / "summary.json").read_text())["diagnosis"]
+    assert diagnosis["samples"] >= 2 and 0 <= diagnosis["reg_attention_visual"] <= 1
     for name in ("curves.png", "gallery.png", "best.pt", "metrics.jsonl"):
         assert (out / "run" / name).is_file(), name
 
