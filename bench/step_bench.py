@@ -90,6 +90,9 @@ def main(
     loader_batches: int = typer.Option(0, help="also time N steps fed by the real DataLoader; 0 = skip"),
     workers: int = typer.Option(4, help="DataLoader processes for --loader-batches"),
     jpeg_size: int = typer.Option(256, help="side of the generated shapes JPEGs (640 ~ a COCO image)"),
+    text_encoder: str | None = typer.Option(
+        None, help="override the preset's text encoder (a local folder where its package is absent)"
+    ),
     workdir: Path | None = typer.Option(None),
 ) -> None:
     root = workdir or Path(tempfile.mkdtemp(prefix="epmvg-stepbench-"))
@@ -104,7 +107,9 @@ def main(
             dataset="shapes", data_root=data_root, teacher=teacher_config, out=root / "cache", progress=False
         )
     )
-    overrides = {"image_size": image_size} if image_size else {}
+    overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
+    if text_encoder:
+        overrides["text_encoder"] = text_encoder
     trainers = {
         mode: Trainer(
             TrainConfig(
