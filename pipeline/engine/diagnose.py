@@ -39,17 +39,14 @@ def box_dependence(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
 @torch.no_grad()
 def reg_attention(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
     """Share of the [REG] token's attention on itself / visual / text tokens in the first fusion layer."""
-    visual, visual_pad, grid_hw = model.encode_image(batch["pixels"], batch["pixel_mask"])
-    text = model.encode_text(batch["token_ids"], batch["token_mask"])
-    reg = model.reg_token.weight.expand(visual.shape[0], 1, -1)
-    tokens = torch.cat([reg, visual, text], dim=1)
-    pad_mask = torch.cat([torch.zeros_like(visual_pad[:, :1]), visual_pad, ~batch["token_mask"]], dim=1)
-    pos = model.vl_pos(model.vl_position_ids(grid_hw, batch["token_ids"].shape[1], tokens.device))
-    query_key = tokens + pos.unsqueeze(0)
+    inputs = model.fusion_inputs(*(batch[key] for key in ("pixels", "pixel_mask", "token_ids", "token_mask")))
+    query_key = inputs.tokens + inputs.pos
     attention = model.vl_encoder.layers[0].self_attn
-    _, weights = attention(query_key, query_key, tokens, key_padding_mask=pad_mask, need_weights=True)
+    _, weights = attention(
+        query_key, query_key, inputs.tokens, key_padding_mask=inputs.pad_mask, need_weights=True
+    )
     reg_weights = weights[:, 0].float()  # [B, tokens], averaged over heads
-    visual_end = 1 + visual.shape[1]
+    visual_end = 1 + inputs.visual_count
     return {
         "reg_attention_self": float(reg_weights[:, 0].mean()),
         "reg_attention_visual": float(reg_weights[:, 1:visual_end].sum(-1).mean()),

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
 from pipeline.data.torch_dataset import GroundingDataset
+from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
 from pipeline.metrics import accuracy_at, box_iou_pairs
 
@@ -126,11 +127,11 @@ def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[
     return tuple(float(v) for v in box)
 
 
-def data_config_for(train_config: dict, data_root: Path, dataset: str | None, skip_missing: bool):
+def data_config_for(
+    train_config: dict, data_root: Path, dataset: str | None, skip_missing: bool
+) -> TrainConfig:
     """A checkpoint's run config pointed at `data_root` (and `dataset`, default its own), for reading
     its splits whole, without a teacher."""
-    from pipeline.engine.config import TrainConfig
-
     config = TrainConfig.from_dict({**train_config, "distill": "none", "data_root": str(data_root)})
     config.skip_missing = skip_missing
     config.max_samples = None

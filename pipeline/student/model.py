@@ -29,6 +29,15 @@ class StudentOutput(NamedTuple):
     cls: Tensor  # [B, D]
 
 
+class FusionInputs(NamedTuple):
+    """The visual-linguistic transformer's input: [REG] + visual + text tokens."""
+
+    tokens: Tensor  # [B, 1 + V + L, D]
+    pos: Tensor  # [B, 1 + V + L, D], added to queries and keys only
+    pad_mask: Tensor  # [B, 1 + V + L], True = padding
+    visual_count: int  # V: visual tokens sit at 1 .. V, text tokens after them
+
+
 class TransVG(nn.Module):
     """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L] True=real)."""
 
@@ -56,15 +65,22 @@ class TransVG(nn.Module):
     def forward(
         self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
     ) -> StudentOutput:
+        inputs = self.fusion_inputs(pixels, pixel_mask, token_ids, token_mask)
+        fused = self.vl_encoder(inputs.tokens, inputs.pos, inputs.pad_mask)
+        box = self.box_head(fused[:, 0]).sigmoid()
+        return StudentOutput(box=box, vls=fused[:, 1], cls=fused[:, 1 + inputs.visual_count])
+
+    def fusion_inputs(
+        self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
+    ) -> FusionInputs:
+        """Encode both branches and lay out [REG] + visual + text with their positions and padding."""
         visual, visual_pad, grid_hw = self.encode_image(pixels, pixel_mask)
         text = self.encode_text(token_ids, token_mask)
         reg = self.reg_token.weight.expand(pixels.shape[0], 1, -1)
         tokens = torch.cat([reg, visual, text], dim=1)
         pad_mask = torch.cat([torch.zeros_like(visual_pad[:, :1]), visual_pad, ~token_mask], dim=1)
         pos = self.vl_pos(self.vl_position_ids(grid_hw, token_ids.shape[1], pixels.device))
-        fused = self.vl_encoder(tokens, pos.unsqueeze(0).expand_as(tokens), pad_mask)
-        box = self.box_head(fused[:, 0]).sigmoid()
-        return StudentOutput(box=box, vls=fused[:, 1], cls=fused[:, 1 + visual.shape[1]])
+        return FusionInputs(tokens, pos.unsqueeze(0).expand_as(tokens), pad_mask, visual.shape[1])
 
     def encode_image(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
