@@ -47,6 +47,7 @@ ablations: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.cache_bench --data-root $(DATA_ROOT)
 	$(BIN)/python -m bench.step_bench
+	$(BIN)/python -m bench.epoch_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

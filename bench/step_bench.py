@@ -54,7 +54,7 @@ def time_loader_steps(trainer: Trainer, batches: int) -> float:
     """Mean seconds per step of `batches` steps fed by the run's own DataLoader (decode + augment).
 
     The first batch is taken before the clock starts: it pays for starting the worker processes."""
-    loader = iter(trainer._loader(0))
+    loader = iter(trainer.train_loader)
     trainer.train_step(next(loader))
     _sync(trainer.config.device)
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def main(
         )
         for mode in MODES
     }
-    batch = next(iter(trainers["none"]._loader(0)))
+    batch = next(iter(trainers["none"].train_loader))
     for trainer in trainers.values():  # warm-up
         time_steps(trainer, batch, 1)
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}

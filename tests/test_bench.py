@@ -50,3 +50,15 @@ def test_step_bench_reports_all_modes_flops_and_the_end_to_end_loader(tmp_path):
     assert report["student_step_gflop"] > 0
     end_to_end = report["end_to_end_cached"]
     assert end_to_end["steps"] == 2 and end_to_end["images_per_s"] > 0
+
+
+def test_epoch_bench_times_persistent_and_restarted_workers_side_by_side(tmp_path):
+    report = run_bench(
+        "bench.epoch_bench",
+        *("--images", "20", "--jpeg-size", "64", "--student", "tiny", "--image-size", "64"),
+        *("--batch-size", "4", "--workers", "1", "--epochs", "2", "--workdir", str(tmp_path)),
+        cwd=REPO,
+    )
+    assert set(report["results"]) == {"persistent workers", "workers restarted each epoch"}
+    assert report["train_samples"] > report["batch_size"] and report["val_samples"] > 0
+    assert all(row["later_epoch_s_median"] > 0 for row in report["results"].values())

@@ -19,6 +19,7 @@ from pipeline.data import (
     TrainTransform,
     TransformConfig,
 )
+from pipeline.engine.distributed import DistEnv, EpochSampler
 
 CONFIG = TransformConfig(image_size=64)
 
@@ -61,10 +62,53 @@ def test_randomness_depends_on_seed_epoch_and_position(samples: list[Sample]) ->
     dataset = GroundingDataset(samples, TrainTransform(CONFIG), seed=3)
     first = [dataset[i]["pixels"] for i in range(3)]
     assert all(torch.equal(a, dataset[i]["pixels"]) for i, a in enumerate(first))
-    dataset.set_epoch(1)
-    assert any(not torch.equal(a, dataset[i]["pixels"]) for i, a in enumerate(first))
+    second_epoch = [dataset[3 + i] for i in range(3)]  # position epoch·n + i
+    assert [item["index"] for item in second_epoch] == [10, 11, 12]
+    assert any(not torch.equal(a, b["pixels"]) for a, b in zip(first, second_epoch, strict=True))
     other_seed = GroundingDataset(samples, TrainTransform(CONFIG), seed=4)
     assert any(not torch.equal(a, other_seed[i]["pixels"]) for i, a in enumerate(first))
+    with pytest.raises(IndexError, match="count up from 0"):
+        dataset[-1]
+
+
+def test_epoch_sampler_shards_each_epoch_and_carries_it_in_the_positions() -> None:
+    ranks = [EpochSampler(10, DistEnv(rank=rank, world_size=2), seed=5) for rank in range(2)]
+    for epoch in (0, 3):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        shares = [list(sampler) for sampler in ranks]
+        assert sorted(shares[0] + shares[1]) == [epoch * 10 + i for i in range(10)]
+        assert all(len(share) == len(sampler) == 5 for share, sampler in zip(shares, ranks, strict=True))
+    single = EpochSampler(10, DistEnv(), seed=5)
+    orders = []
+    for epoch in (0, 1):
+        single.set_epoch(epoch)
+        orders.append([position % 10 for position in single])
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(10))
+
+
+def test_persistent_workers_draw_each_epochs_augmentation(samples: list[Sample]) -> None:
+    """Workers that live across epochs copied the dataset at start; the epoch must reach them anyway."""
+    dataset = GroundingDataset(samples, TrainTransform(CONFIG), seed=3)
+    sampler = EpochSampler(len(dataset), DistEnv(), seed=0)
+    loader = DataLoader(
+        dataset,
+        batch_size=3,
+        sampler=sampler,
+        num_workers=1,
+        persistent_workers=True,
+        collate_fn=GroundingCollate(fake_tokenize),
+    )
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        (batch,) = list(loader)
+        expected = [dataset[position]["pixels"] for position in sampler]
+        assert torch.equal(batch["pixels"], torch.stack(expected))
+        epochs.append(batch)
+    assert loader._iterator is not None  # the same worker served both epochs
+    same_order = epochs[0]["index"].argsort(), epochs[1]["index"].argsort()
+    assert not torch.equal(epochs[0]["pixels"][same_order[0]], epochs[1]["pixels"][same_order[1]])
 
 
 def test_dataloader_batches_with_the_picklable_collate(samples: list[Sample]) -> None:

@@ -30,29 +30,28 @@ def open_rgb(sample: Sample) -> Image.Image:
 
 
 class GroundingDataset(Dataset[dict[str, Any]]):
-    """Samples through a transform, with randomness seeded by (seed, epoch, position).
+    """Samples through a transform, with randomness seeded by (seed, epoch, sample).
 
-    Call `set_epoch` before each epoch. DataLoader workers hold copies of the dataset, so with
-    `persistent_workers=True` the epoch they see is the one at worker start.
+    Position p is sample p % n drawn in epoch p // n. The epoch travels in the position, not in
+    dataset state, because DataLoader workers that persist across epochs hold a copy of the dataset
+    made when they started; a sampler that yields epoch·n + i (`EpochSampler`) is all it takes.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Transform, seed: int = 0) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the random draws of `epoch` from now on."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        sample = self.samples[position]
+        if position < 0:
+            raise IndexError(f"position {position}: positions count up from 0 (epoch·n + sample)")
+        epoch, index = divmod(position, len(self.samples))
+        sample = self.samples[index]
         image = open_rgb(sample)
-        rng = np.random.default_rng((self.seed, self.epoch, position % len(self.samples)))
+        rng = np.random.default_rng((self.seed, epoch, index))
         out = self.transform(image, sample.box_xyxy, sample.text, rng)
         return {
             "pixels": out.pixels,

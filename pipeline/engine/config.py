@@ -47,6 +47,7 @@ class TrainConfig:
     max_samples: int | None = None  # per split, for quick runs
     augment: bool = True  # False: train on the eval transform (overfitting checks)
     workers: int = 4
+    persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on GPU only

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,31 @@ class EvalShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's shuffled share of an epoch, as dataset positions epoch·size + i.
+
+    The order is DistributedSampler's (seeded by seed + epoch; one rank is the plain shuffle); the
+    offset tells `GroundingDataset` the epoch, so DataLoader workers can persist across epochs.
+    Call `set_epoch` before each epoch, as with DistributedSampler.
+    """
+
+    def __init__(self, size: int, env: DistEnv, seed: int) -> None:
+        self.size = size
+        self.epoch = 0
+        self.order = DistributedSampler(range(size), num_replicas=env.world_size, rank=env.rank, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * self.size
+        return (offset + index for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def gather_objects(items: list, env: DistEnv) -> list:

@@ -35,25 +35,33 @@ def to_pixels(box_cxcywh: torch.Tensor, image_size: torch.Tensor) -> torch.Tenso
     return box_convert(box_cxcywh, "cxcywh", "xyxy") * longest
 
 
-@torch.no_grad()
-def predict_split(
-    model: torch.nn.Module,
+def eval_loader(
     dataset: GroundingDataset,
     collate: Callable,
     env: DistEnv,
-    device: torch.device,
     batch_size: int,
     workers: int,
-    autocast: Callable,
-) -> list[Prediction]:
-    """Every record of the split exactly once across ranks, gathered on every rank."""
-    loader = DataLoader(
+    persistent: bool = True,
+) -> DataLoader:
+    """This rank's share of a split, each record exactly once; with `persistent` workers a loader kept
+    for the per-epoch validation starts its processes once per run."""
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EvalShardSampler(len(dataset), env),
         num_workers=workers,
         collate_fn=collate,
+        persistent_workers=workers > 0 and persistent,
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's) untouched
     )
+
+
+@torch.no_grad()
+def predict_split(
+    model: torch.nn.Module, loader: DataLoader, env: DistEnv, device: torch.device, autocast: Callable
+) -> list[Prediction]:
+    """Every record of the loader's split exactly once across ranks (`eval_loader`), gathered on
+    every rank."""
     model.eval()
     local: list[Prediction] = []
     for batch in loader:
@@ -162,8 +170,7 @@ def evaluate_checkpoint(
     results = {}
     for split in splits:
         data = GroundingDataset(prepare_split(config, split), transform, seed=0)
-        predictions = predict_split(
-            model, data, collate, DistEnv(), torch.device(device), batch_size, 0, contextlib.nullcontext
-        )
+        loader = eval_loader(data, collate, DistEnv(), batch_size, workers=0)
+        predictions = predict_split(model, loader, DistEnv(), torch.device(device), contextlib.nullcontext)
         results[split] = summarize(predictions)
     return results

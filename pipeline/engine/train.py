@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data import (
@@ -36,8 +36,14 @@ from pipeline.data import (
 from pipeline.data.sample import Sample
 from pipeline.engine.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.distributed import DistEnv, all_reduce_mean, init_distributed, shutdown_distributed
-from pipeline.engine.evaluate import Prediction, format_table, predict_split, summarize
+from pipeline.engine.distributed import (
+    DistEnv,
+    EpochSampler,
+    all_reduce_mean,
+    init_distributed,
+    shutdown_distributed,
+)
+from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
 from pipeline.engine.plots import plot_curves, plot_gallery
 from pipeline.losses import grounding_loss
 from pipeline.student import (
@@ -144,22 +150,20 @@ class OnlineTeacher:
         return image, text
 
 
-def _train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate, epoch: int):
-    if env.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=config.seed)
-        sampler.set_epoch(epoch)
-    else:
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = RandomSampler(dataset, generator=generator)
+def _train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate) -> DataLoader:
+    """The run's one training loader; its workers persist across epochs (the sampler carries the epoch)."""
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(len(dataset), env, config.seed),
         num_workers=config.workers,
         collate_fn=collate,
         drop_last=len(dataset) > config.batch_size * env.world_size,
         pin_memory=config.device.startswith("cuda"),
-        persistent_workers=False,
+        persistent_workers=config.workers > 0 and config.persistent_workers,
+        # Its own generator: a loader draws its workers' seed when it starts them, once a run when they
+        # persist, and from the global RNG that would shift dropout between a resumed run and a straight one.
+        generator=torch.Generator().manual_seed(config.seed),
     )
 
 
@@ -211,7 +215,8 @@ class Trainer:
         if self.online_teacher is not None and config.teacher_trainable:
             groups.append({"params": list(self.online_teacher.parameters()), "lr": config.lr_pretrained})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.steps_per_epoch = max(1, len(self._loader(0)))
+        self.train_loader = _train_loader(self.train_set, config, self.env, self.collate)
+        self.steps_per_epoch = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
         )
@@ -226,6 +231,7 @@ class Trainer:
         if config.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         self.state = RunState()
+        self.eval_loaders: dict[str, DataLoader] = {}
 
     def eval_splits(self) -> list[str]:
         from pipeline.data import available_splits
@@ -238,9 +244,6 @@ class Trainer:
         if self.config.val_split not in splits:
             splits = (self.config.val_split, *splits)
         return list(dict.fromkeys(splits))
-
-    def _loader(self, epoch: int) -> DataLoader:
-        return _train_loader(self.train_set, self.config, self.env, self.collate, epoch)
 
     # checkpoints ---------------------------------------------------------------------------------
 
@@ -275,27 +278,33 @@ class Trainer:
     # loops -----------------------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.train_set.set_epoch(epoch)
+        loader = self.train_loader
+        loader.sampler.set_epoch(epoch)
         self.ddp_model.train()
         running: dict[str, torch.Tensor] = {}
         count, started = 0, time.perf_counter()
-        loader = self._loader(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (self.config.progress and self.env.is_main))
-        for batch in bar:
-            terms = self.train_step(batch)
-            count += 1
-            for key, value in terms.items():
-                running[key] = running[key] + value if key in running else value
-            if count % self.config.sync_every == 0 or count == len(loader):
-                means = self.synced_means(running, count)
-                rate = count * self.config.batch_size * self.env.world_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{means['total']:.3f}", samples_s=f"{rate:.1f}")
-        means = {f"loss/{key}": value for key, value in self.synced_means(running, count).items()}
-        elapsed = time.perf_counter() - started
-        means["samples_per_s"] = (
-            len(loader) * self.config.batch_size * self.env.world_size / max(elapsed, 1e-9)
-        )
+        show = self.config.progress and self.env.is_main
+        with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", disable=not show) as bar:
+            for batch in loader:
+                terms = self.train_step(batch)
+                count += 1
+                bar.update()
+                for key, value in terms.items():
+                    running[key] = running[key] + value if key in running else value
+                if count % self.config.sync_every == 0 and count < len(loader):
+                    self.show_progress(bar, self.synced_means(running, count), count, started)
+            epoch_means = self.synced_means(running, count)  # the epoch's last step is read once, here
+            rate = self.show_progress(bar, epoch_means, count, started)
+        means = {f"loss/{key}": value for key, value in epoch_means.items()}
+        means["samples_per_s"] = rate
         return means
+
+    def show_progress(self, bar: tqdm, means: dict[str, float], count: int, started: float) -> float:
+        """Put the loss and samples/s on the progress bar; returns samples/s."""
+        rate = count * self.config.batch_size * self.env.world_size / max(time.perf_counter() - started, 1e-9)
+        if means:
+            bar.set_postfix(loss=f"{means['total']:.3f}", samples_s=f"{rate:.1f}")
+        return rate
 
     def synced_means(self, running: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """Epoch-so-far mean of each loss term over all ranks; stops the run if any step's loss was not
@@ -355,17 +364,17 @@ class Trainer:
         return {key: value.detach() for key, value in terms.items()}
 
     def evaluate(self, split: str) -> list[Prediction]:
-        dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
-        return predict_split(
-            self.model,
-            dataset,
-            self.collate,
-            self.env,
-            self.device,
-            self.config.batch_size,
-            self.config.workers,
-            self.autocast,
-        )
+        if split not in self.eval_loaders:
+            dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
+            self.eval_loaders[split] = eval_loader(
+                dataset,
+                self.collate,
+                self.env,
+                self.config.batch_size,
+                self.config.workers,
+                persistent=self.config.persistent_workers,
+            )
+        return predict_split(self.model, self.eval_loaders[split], self.env, self.device, self.autocast)
 
     def fit(self) -> dict[str, Any]:
         config, env = self.config, self.env
@@ -398,6 +407,7 @@ class Trainer:
         for split in self.eval_splits():
             predictions[split] = self.evaluate(split)
             results[split] = summarize(predictions[split])
+        self.eval_loaders.clear()  # stops their persistent workers
         summary = {
             "dataset": self.config.dataset,
             "distill": self.config.distill,
