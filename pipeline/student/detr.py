@@ -2,9 +2,8 @@
 
 TransVG does not train its visual transformer from scratch: backbone, input projection and the 6-layer
 encoder come from a DETR-R50 trained on COCO (the authors' `detr-r50-<dataset>.pth` leave out the
-images of each dataset's val/test splits). Without it, a random visual encoder gives the tokens little
-position in their values (positions enter only queries and keys), and on the demo data the [REG]
-token learned to rely on the text alone: see "What the demo reaches" in the README.
+images of each dataset's val/test splits). Starting from a random visual encoder instead, on the demo
+data the [REG] token learned to rely on the text alone: see "What the demo reaches" in the README.
 
 DETR's names map onto ours one to one: torchvision's ResNet and timm's features-only ResNet share
 their parameter names, and DETR's post-norm encoder layer is ours (`linear1/2` → `ffn.0/3`,
