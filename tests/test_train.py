@@ -1,6 +1,7 @@
 """Phase 2 on CPU: the trainer with cached / online / no distillation, resume, DDP, NaN, eval, predict."""
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,9 @@ def test_cached_run_writes_artefacts_and_never_imports_the_teacher(shapes_root, 
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "persistent-worker"])
 def test_resumed_run_ends_with_the_same_weights(shapes_root, store, tmp_path, workers):
     """With a worker kept across epochs, epoch 2's augmentation must still be epoch 2's, resumed or not."""
+    children_before = set(multiprocessing.active_children())
     straight = train(tiny_run(shapes_root, store, tmp_path / "straight", workers=workers))
+    assert set(multiprocessing.active_children()) <= children_before  # a finished run leaves no workers
     train(tiny_run(shapes_root, store, tmp_path / "resumed", epochs=1, workers=workers))
     resumed = train(tiny_run(shapes_root, store, tmp_path / "resumed", resume=True, workers=workers))
     assert straight["steps"] == resumed["steps"] == 4

@@ -218,7 +218,10 @@ class Trainer:
         self.train_loader = _train_loader(self.train_set, config, self.env, self.collate)
         self.steps_per_epoch = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
+            # Not a lambda over self: that cycle would keep a finished trainer, and its persistent loader
+            # workers, alive until the garbage collector runs.
+            self.optimizer,
+            functools.partial(lr_factor, steps_per_epoch=self.steps_per_epoch, config=config),
         )
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for fp16 runs
         self.ddp_model = (
