@@ -106,6 +106,27 @@ def test_resumed_run_ends_with_the_same_weights(shapes_root, store, tmp_path, wo
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
 
+def _worker_pids(loader) -> list[int]:
+    iterator = loader._iterator  # DataLoader keeps it only while its workers persist
+    return [] if iterator is None else [worker.pid for worker in iterator._workers]
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "restarted"])
+def test_loader_workers_live_across_epochs_unless_turned_off(shapes_root, store, tmp_path, persistent):
+    trainer = train_module.Trainer(
+        tiny_run(shapes_root, store, tmp_path / "run", workers=1, persistent_workers=persistent)
+    )
+    pids = []
+    for epoch in range(2):
+        trainer.train_epoch(epoch)
+        trainer.evaluate("val")
+        pids.append((_worker_pids(trainer.train_loader), _worker_pids(trainer.eval_loaders["val"])))
+    if persistent:
+        assert pids[0] == pids[1] and all(len(worker_pids) == 1 for worker_pids in pids[0])
+    else:
+        assert pids == [([], []), ([], [])]
+
+
 def poison_loss(monkeypatch, poisoned_steps) -> None:
     """Make the total loss NaN at the given (1-based) training steps."""
     real_loss, calls = train_module.grounding_loss, []
