@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -25,6 +26,12 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _default_workers(cap: int = 4) -> int:
+    """Up to `cap` loader processes, but no more than the CPUs this process may use (torch warns past it)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cap, usable)
 
 
 DATA_ROOT = typer.Option(Path("../shared/data"), "--data-root", help="folder with splits/ and images/")
@@ -46,7 +53,9 @@ def cache_build(
     device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
     dtype: str = typer.Option("float16", help="float16 or float32"),
     batch_size: int = typer.Option(256),
-    decode_workers: int = typer.Option(4, help="image-decoding processes per teacher"),
+    decode_workers: int = typer.Option(
+        _default_workers(), help="image-decoding processes per teacher (default: up to 4)"
+    ),
     workers: int = typer.Option(1, help=">1: run shards on that many dask workers (LocalCluster)"),
     scheduler: str | None = typer.Option(None, help="address of an existing dask scheduler"),
     skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
@@ -134,6 +143,9 @@ def train(
     distill: str = typer.Option("cached", help="none | cached | online"),
     student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, tiny"),
     image_size: int | None = typer.Option(None, help="override the preset's input size"),
+    student_set: list[str] = typer.Option(
+        [], "--student-set", help="FIELD=VALUE on top of the preset (repeatable), e.g. backbone_out_index=-2"
+    ),
     detr_weights: Path | None = typer.Option(
         None, help="DETR checkpoint for the visual branch, as TransVG (its detr-r50-<dataset>.pth)"
     ),
@@ -157,7 +169,7 @@ def train(
     allow_random_teacher: bool = typer.Option(False),
     teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
     device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
-    workers: int = typer.Option(4, help="data-loading processes"),
+    workers: int = typer.Option(_default_workers(), help="data-loading processes (default: up to 4)"),
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
     max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
@@ -170,9 +182,16 @@ def train(
     from pipeline.engine.config import TrainConfig
     from pipeline.engine.train import train as run_training
     from pipeline.losses import LossConfig
+    from pipeline.student import parse_field_assignments
 
     _setup_logging()
-    overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
+    try:
+        overrides = parse_field_assignments(student_set)
+    except ValueError as error:
+        typer.secho(f"error: --student-set: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    if image_size:
+        overrides["image_size"] = image_size
     if detr_weights is not None:
         overrides["visual_init"] = str(detr_weights)
     loss = LossConfig(

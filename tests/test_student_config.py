@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from pipeline.student import StudentConfig, list_student_presets, pixel_normalization, student_preset
+from pipeline.student import (
+    StudentConfig,
+    list_student_presets,
+    parse_field_assignments,
+    pixel_normalization,
+    student_preset,
+)
 
 
 def test_presets_are_listed():
@@ -43,6 +49,50 @@ def test_unknown_preset_and_fields_are_rejected():
         student_preset("huge")
     with pytest.raises(ValueError, match="unknown StudentConfig fields"):
         student_preset("tiny", hidden_size=10)
+
+
+def test_command_line_assignments_take_each_fields_type():
+    overrides = parse_field_assignments(
+        [
+            "backbone_out_index=-2",
+            "freeze_bn=false",
+            "dropout=0.05",
+            "text_layers_used=none",
+            "visual_init=/weights/detr.pth",
+            'text_config_overrides={"num_hidden_layers": 2}',
+            " heads = 4 ",
+        ]
+    )
+    assert overrides == {
+        "backbone_out_index": -2,
+        "freeze_bn": False,
+        "dropout": 0.05,
+        "text_layers_used": None,
+        "visual_init": "/weights/detr.pth",
+        "text_config_overrides": {"num_hidden_layers": 2},
+        "heads": 4,
+    }
+    config = student_preset("tiny", **overrides)
+    assert (config.backbone_out_index, config.freeze_bn, config.heads) == (-2, False, 4)
+    assert parse_field_assignments(["text_layers_used=1"]) == {"text_layers_used": 1}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("backbone_out_index", "FIELD=VALUE"),
+        ("=3", "FIELD=VALUE"),
+        ("hidden_size=10", "unknown StudentConfig field 'hidden_size'"),
+        ("vl_layers=two", "vl_layers='two': expected int"),
+        ("freeze_bn=maybe", "expected bool"),
+        ("heads=none", "expected int"),  # not optional: none is no escape
+        ("text_config_overrides=[1]", "expected dict"),
+        ("text_config_overrides={bad json", "expected dict"),
+    ],
+)
+def test_bad_command_line_assignments_are_named(assignment: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        parse_field_assignments([assignment])
 
 
 def test_invalid_values_are_rejected():

@@ -319,10 +319,13 @@ def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, s
         "0",
         "--device",
         "cpu",
+        "--student-set",
+        "dropout=0.05",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
+    assert load_checkpoint(out / "last.pt")["student_config"]["dropout"] == 0.05  # --student-set reached it
     assert summary["results"]["val"]["n"] == 7  # odd: no padded duplicates across the two ranks
     single = train_module.Trainer(tiny_run(shapes_root, store, tmp_path / "single", epochs=1, max_samples=7))
     payload = load_checkpoint(out / "last.pt")
@@ -384,3 +387,15 @@ def test_the_box_comes_from_the_image_when_the_text_cannot_tell(tmp_path):
     assert summary["results"]["train"]["acc@0.5"] >= 0.9
     probes = diagnose_checkpoint(tmp_path / "run" / "last.pt", root, "train", samples=16)
     assert probes["box_std_over_images"] > 0.01  # a text-only model: ~1e-6 (README, the demo)
+
+
+def test_a_bad_student_setting_stops_the_train_command_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(
+        app, ["train", "shapes", "--data-root", str(tmp_path), "--student-set", "vl_layer=1"]
+    )
+    assert result.exit_code == 2
+    assert "unknown StudentConfig field 'vl_layer'" in result.output
