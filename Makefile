@@ -40,9 +40,15 @@ train: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
 
+# With a CACHE (and no QUICK) the grid is `train --ablations`: every training option via TRAIN_ARGS.
 ablations: $(STAMP)
+ifneq ($(and $(CACHE),$(if $(QUICK),,full)),)
+	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) --cache $(CACHE) --ablations \
+		--out $(or $(OUT),ablations/$(DATASET)) $(TRAIN_ARGS)
+else
 	$(BIN)/epmvg ablations $(DATASET) --data-root $(DATA_ROOT) --out $(or $(OUT),ablations/$(DATASET)) \
 		$(if $(CACHE),--cache $(CACHE),) $(if $(QUICK),--quick,)
+endif
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.cache_bench --data-root $(DATA_ROOT)

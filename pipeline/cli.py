@@ -177,8 +177,12 @@ def train(
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     compile: bool = typer.Option(False, help="torch.compile the student"),
     sync_every: int = typer.Option(50, help="steps between host reads of the loss (NaN check, progress)"),
+    ablations: bool = typer.Option(
+        False, help="train EpmVG's ablation grid with this run as the baseline (one run per variant in OUT)"
+    ),
 ) -> None:
     """Train the TransVG student; `torchrun --nproc-per-node N train_student.py ...` for DDP."""
+    from pipeline.engine.ablations import run_ablations
     from pipeline.engine.config import TrainConfig
     from pipeline.engine.train import train as run_training
     from pipeline.losses import LossConfig
@@ -235,7 +239,12 @@ def train(
             compile=compile,
             sync_every=sync_every,
         )
-        run_training(config)
+        if ablations:
+            results = run_ablations(config)
+            if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
+                typer.echo(f"results: {results}")
+        else:
+            run_training(config)
     except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error
@@ -321,9 +330,14 @@ def ablations(
     device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
 ) -> None:
-    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache."""
+    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache.
+
+    The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
+    STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
+    """
     from pipeline.cache_job import CacheJobConfig, build_cache
-    from pipeline.demo import demo_teacher, ensure_shapes, quick_ablation_base, run_ablations
+    from pipeline.demo import demo_teacher, ensure_shapes, quick_ablation_base
+    from pipeline.engine.ablations import run_ablations
     from pipeline.engine.config import TrainConfig
 
     _setup_logging()
@@ -359,7 +373,7 @@ def ablations(
             batch_size=batch_size,
             device=device,
         )
-    typer.echo(f"results: {run_ablations(base, out)}")
+    typer.echo(f"results: {run_ablations(base)}")
 
 
 def _warn_if_random(extra: dict) -> None:

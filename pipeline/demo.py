@@ -1,5 +1,5 @@
-"""The newcomer's path: the whole two-phase pipeline offline on the synthetic shapes dataset, and
-EpmVG's ablation grid against one cache.
+"""The newcomer's path: the whole two-phase pipeline offline on the synthetic shapes dataset, and the
+CPU-sized baseline of EpmVG's ablation grid.
 
 No CLIP weights can ship with the project, so the demo's teacher is a tiny open_clip model with
 random weights, and every report says so.
@@ -7,10 +7,9 @@ random weights, and every report says so.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,50 +136,6 @@ def diagnosis_line(diagnosis: dict[str, Any]) -> str:
         f"{100 * diagnosis['reg_attention_visual']:.1f}% of its first-layer attention to the image. "
         "(Near-zero image figures mean the text shortcut: README, 'What the demo reaches'.)"
     )
-
-
-def ablation_grid() -> dict[str, dict[str, Any]]:
-    """EpmVG's ablations: name → changes to the baseline run (the paper's full method)."""
-    grid: dict[str, dict[str, Any]] = {
-        "epmvg (cosine)": {},
-        "l1 distillation": {"loss": {"distill": "l1"}},
-        "image term only": {"loss": {"text_term": False}},
-        "text term only": {"loss": {"image_term": False}},
-        "no distillation": {"distill": "none"},
-    }
-    for giou_weight in (0.0, 0.5, 1.0, 1.5, 2.0):
-        grid[f"lambda={giou_weight}"] = {"loss": {"giou_weight": giou_weight}}
-    return grid
-
-
-def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any], out: Path) -> TrainConfig:
-    loss = replace(base.loss, **changes.get("loss", {}))
-    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
-    updates = {key: value for key, value in changes.items() if key != "loss"}
-    return replace(base, loss=loss, out=out / slug, **updates)
-
-
-def run_ablations(base: TrainConfig, out: Path) -> Path:
-    """Train every variant of the grid on one cache; write results.md and results.csv."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, changes in ablation_grid().items():
-        summary = train(ablation_config(base, name, changes, out))
-        rows.append({"variant": name, **{s: r["acc@0.5"] for s, r in summary["results"].items()}})
-    splits = [key for key in rows[0] if key != "variant"]
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["variant", *splits])
-        writer.writeheader()
-        writer.writerows(rows)
-    table = ["| variant | " + " | ".join(f"{s} Acc@0.5" for s in splits) + " |"]
-    table.append("|---" * (len(splits) + 1) + "|")
-    table += [
-        "| " + row["variant"] + " | " + " | ".join(f"{100 * row[s]:.2f}" for s in splits) + " |"
-        for row in rows
-    ]
-    header = [f"# Ablations on {base.dataset}", "", f"Cache: `{base.cache}`", ""]
-    (out / "results.md").write_text("\n".join(header + table) + "\n")
-    return out / "results.md"
 
 
 def quick_ablation_base(dataset: str, data_root: Path, cache: Path, out: Path) -> TrainConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import ablation_config, ablation_grid
+from pipeline.engine.ablations import ablation_config, ablation_grid
 from pipeline.engine.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +38,8 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
 
 def test_ablation_grid_is_the_papers():
     grid = ablation_grid()
-    base = TrainConfig(dataset="shapes", cache=Path("store"))
-    configs = {name: ablation_config(base, name, changes, Path("out")) for name, changes in grid.items()}
+    base = TrainConfig(dataset="shapes", cache=Path("store"), out=Path("out"))
+    configs = {name: ablation_config(base, name, changes) for name, changes in grid.items()}
     assert configs["l1 distillation"].loss.distill == "l1"
     assert configs["image term only"].loss.text_term is False and configs["image term only"].loss.image_term
     assert configs["text term only"].loss.image_term is False and configs["text term only"].loss.text_term
@@ -51,7 +51,8 @@ def test_ablation_grid_is_the_papers():
         1.5,
         2,
     ]
-    assert len({c.out for c in configs.values()}) == len(grid)  # one run folder each
+    assert len({c.out for c in configs.values()}) == len(grid)  # one run folder each, under the baseline's
+    assert all(c.out.parent == Path("out") for c in configs.values())
 
 
 @pytest.mark.slow

@@ -341,6 +341,33 @@ def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, s
         )  # batch shapes differ per rank
 
 
+def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes_root, store, tmp_path):
+    """`train --ablations`: every variant in one process group, each with the baseline's settings."""
+    import csv
+
+    from pipeline.engine.ablations import ablation_grid
+
+    out = tmp_path / "grid"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", "29532", "train_student.py", "shapes", "--data-root", str(shapes_root)]
+    command += ["--cache", str(store)]
+    command += ["--out", str(out), "--student", "tiny", "--image-size", "64", "--epochs", "1"]
+    command += ["--batch-size", "2", "--max-samples", "5", "--workers", "0", "--device", "cpu", "--ablations"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("results: ") == 1
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["variant"] for row in rows] == list(ablation_grid())
+    runs = {json.loads(path.read_text())["out"]: path.parent for path in out.glob("*/config.json")}
+    assert len(runs) == len(rows)
+    for folder in runs.values():
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["student"], config["max_samples"]) == ("tiny", 5)
+        assert json.loads((folder / "summary.json").read_text())["results"]["val"]["n"] == 5  # once each
+    assert json.loads((out / "no_distillation" / "config.json").read_text())["distill"] == "none"
+    assert json.loads((out / "lambda0.5" / "config.json").read_text())["loss"]["giou_weight"] == 0.5
+
+
 def overfit_config(data_root: Path, out: Path, samples: int) -> TrainConfig:
     """Fit `samples` training records and evaluate on them: the tiny student, no regularisation."""
     return TrainConfig(

@@ -429,7 +429,6 @@ class Trainer:
                 plot_curves(metrics_path, self.out / "curves.png")
             self.write_gallery(predictions[self.config.val_split])
             print(format_table(results))
-        shutdown_distributed(self.env)
         return summary
 
     def write_gallery(self, predictions: list[Prediction]) -> None:
@@ -449,5 +448,9 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a run and return its summary."""
-    return Trainer(config).fit()
+    """Train (or resume) a run and return its summary; under torchrun, leave the process group after."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown_distributed(trainer.env)
