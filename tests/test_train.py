@@ -342,7 +342,7 @@ def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, s
 
 
 def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes_root, store, tmp_path):
-    """`train --ablations`: every variant in one process group, each with the baseline's settings."""
+    """`train --ablations`: every variant in one process group with the baseline's settings; resumable."""
     import csv
 
     from pipeline.engine.ablations import ablation_grid
@@ -366,6 +366,16 @@ def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes
         assert json.loads((folder / "summary.json").read_text())["results"]["val"]["n"] == 5  # once each
     assert json.loads((out / "no_distillation" / "config.json").read_text())["distill"] == "none"
     assert json.loads((out / "lambda0.5" / "config.json").read_text())["loss"]["giou_weight"] == 0.5
+
+    # An interrupted grid picks up where it stopped: finished variants are kept, the missing one is run.
+    import shutil
+
+    shutil.rmtree(out / "lambda2.0")
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for folder in runs.values():  # metrics.jsonl gains a line per epoch trained: none for finished runs
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1, folder.name
+    assert list(csv.DictReader((out / "results.csv").open())) == rows
 
 
 def overfit_config(data_root: Path, out: Path, samples: int) -> TrainConfig:
