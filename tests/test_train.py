@@ -436,3 +436,12 @@ def test_a_bad_student_setting_stops_the_train_command_before_any_work(tmp_path)
     )
     assert result.exit_code == 2
     assert "unknown StudentConfig field 'vl_layer'" in result.output
+
+
+def test_default_loader_workers_never_exceed_the_usable_cpus(monkeypatch):
+    import pipeline.cli as cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cli._default_workers() == 2
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert cli._default_workers() == 4

@@ -50,6 +50,7 @@ def run_ablations(base: TrainConfig) -> Path:
             trainer = Trainer(ablation_config(base, name, changes))
             env = trainer.env
             summary = trainer.fit()
+            del trainer  # its model, optimizer state and workers go before the next variant's are built
             accuracies[name] = {split: result["acc@0.5"] for split, result in summary["results"].items()}
     finally:
         shutdown_distributed(env)
