@@ -1,4 +1,4 @@
-"""The frozen CLIP teacher: the only module that imports open_clip.
+"""The frozen CLIP teacher; with `teacher_training.py` (which trains one), the only open_clip importer.
 
 It builds the model with its weights, preprocesses images (letterbox by default, so the teacher sees
 the whole image the student grounds in), and encodes images ([DIE]) and texts ([DTE]).
