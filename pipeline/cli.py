@@ -1,4 +1,4 @@
-"""The `epmvg` command line: data · cache · train · eval · predict · demo · ablations.
+"""The `epmvg` command line: data · cache · teacher · train · eval · predict · demo · ablations.
 
 Every command is a thin layer over a library function; `cache_clip.py` and `train_student.py` are
 thinner layers over these.
@@ -18,8 +18,12 @@ from pipeline.data.cli import app as data_app
 
 app = typer.Typer(no_args_is_help=True, help="Visual grounding with cross-modal distillation (EpmVG).")
 cache_app = typer.Typer(no_args_is_help=True, help="Phase 1: the frozen-CLIP teacher feature cache.")
+teacher_app = typer.Typer(
+    no_args_is_help=True, help="Train a tiny CLIP teacher on a dataset's own pairs (no CLIP weights needed)."
+)
 app.add_typer(data_app, name="data", help="Dataset readers, checks and the synthetic shapes dataset.")
 app.add_typer(cache_app, name="cache")
+app.add_typer(teacher_app, name="teacher")
 
 
 def _cuda_available() -> bool:
@@ -134,6 +138,59 @@ def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Optio
     typer.echo(f"wrote {store}")
 
 
+@teacher_app.command("train")
+def teacher_train(
+    dataset: str = typer.Argument(..., help="dataset name (e.g. shapes) or a .jsonl file"),
+    data_root: Path = DATA_ROOT,
+    out: Path = typer.Option(Path("runs/teacher"), help="folder for the checkpoint, model config and report"),
+    model: str | None = typer.Option(
+        None,
+        help="open_clip model-config JSON or model name [default: pipeline/configs/teacher/clip-shapes.json]",
+    ),
+    epochs: int | None = typer.Option(None, help="passes over the train pairs [default: 6]"),
+    batch_size: int | None = typer.Option(None, help="pairs per contrastive batch [default: 64]"),
+    lr: float | None = typer.Option(None, help="AdamW peak learning rate [default: 2e-3]"),
+    seed: int = typer.Option(0, help="seeds the initial weights, the batches and the flips"),
+    max_seconds: float | None = typer.Option(
+        None, help="stop training after this long (then not reproducible)"
+    ),
+    threads: int | None = typer.Option(None, help="torch CPU threads [default: torch's]"),
+    skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
+) -> None:
+    """Train a tiny open_clip CLIP contrastively on DATASET's train pairs; report val retrieval R@1.
+
+    The checkpoint feeds the cache: `epmvg cache build DATASET --teacher OUT/<config>.json --pretrained
+    OUT/teacher.safetensors`.
+    """
+    from pipeline.data import DataError
+    from pipeline.teacher import TeacherWeightsError
+    from pipeline.teacher_training import TeacherTrainingConfig, format_retrieval_table, train_teacher
+
+    _setup_logging()
+    given = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr}
+    config = TeacherTrainingConfig(
+        dataset=dataset,
+        data_root=data_root,
+        out=out,
+        seed=seed,
+        max_seconds=max_seconds,
+        threads=threads,
+        skip_missing=skip_missing,
+        **{name: value for name, value in given.items() if value is not None},
+    )
+    try:
+        report = train_teacher(config)
+    except (DataError, TeacherWeightsError, FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(format_retrieval_table(report))
+    stopped = " (stopped early by --max-seconds)" if report["stopped_early"] else ""
+    typer.echo(f"trained {report['steps']} steps in {report['train_seconds']} s{stopped}")
+    typer.echo(f"checkpoint: {report['checkpoint']}")
+    typer.echo(f"model config: {report['model_config']}")
+    typer.echo(f"cache it: {report['cache_command']}")
+
+
 @app.command("train")
 def train(
     dataset: str = typer.Argument(..., help="dataset name (see `epmvg data inspect`) or a .jsonl file"),
@@ -141,7 +198,7 @@ def train(
     out: Path = typer.Option(Path("runs/default"), help="run folder: checkpoints, metrics, plots"),
     cache: Path | None = typer.Option(None, help="Phase-1 store with the teacher targets"),
     distill: str = typer.Option("cached", help="none | cached | online"),
-    student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, tiny"),
+    student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, shapes, tiny"),
     image_size: int | None = typer.Option(None, help="override the preset's input size"),
     student_set: list[str] = typer.Option(
         [], "--student-set", help="FIELD=VALUE on top of the preset (repeatable), e.g. backbone_out_index=-2"
@@ -164,6 +221,12 @@ def train(
     distill_loss: str = typer.Option("cosine", help="cosine | l1"),
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
+    cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
+    augment: bool = typer.Option(True, help="TransVG's augmentation (--no-augment: the eval transform)"),
+    precompute_frozen: bool = typer.Option(
+        False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
+    ),
+    blank_text: bool = typer.Option(False, help="image-only control: every expression replaced by ''"),
     teacher: str = typer.Option("ViT-B-16", help="distill=online: open_clip model or config JSON"),
     pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
     allow_random_teacher: bool = typer.Option(False),
@@ -206,6 +269,7 @@ def train(
         distill=distill_loss,
         image_term=image_term,
         text_term=text_term,
+        cell_weight=cell_weight,
     )
     try:
         config = TrainConfig(
@@ -229,6 +293,9 @@ def train(
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
             clip_grad=clip_grad,
+            augment=augment,
+            precompute_frozen=precompute_frozen,
+            blank_text=blank_text,
             workers=workers,
             persistent_workers=persistent_workers,
             seed=seed,

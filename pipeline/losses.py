@@ -2,6 +2,7 @@
 
     L = L_box(b, b̂) + λ·L_giou(b, b̂) + L_dist                                  (total)
     L_dist = α·d(VLS, pool(DIE)) + β·d(CLS, pool(DTE))                          (distillation)
+    L_cell = BCE(cell logits, [cell centre inside b])           (this kit's auxiliary, off by default)
 
 Every equation is one function below. Boxes are normalised (cx, cy, w, h); batch reductions follow
 TransVG: a box loss is summed over its 4 coordinates and averaged over the batch.
@@ -9,9 +10,11 @@ TransVG: a box loss is summed over its 4 coordinates and averaged over the batch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss
@@ -75,6 +78,28 @@ def distillation_loss(
     raise ValueError(f"unknown distillation loss {kind!r}; expected 'cosine' or 'l1'")
 
 
+def target_cell_loss(cell_logits: Tensor, target_cxcywh: Tensor) -> Tensor:
+    """L_cell: binary cross-entropy of each visual cell's logit against "the cell's centre lies inside
+    the target box", averaged over cells and batch.
+
+    Not an equation of TransVG or EpmVG: a dense auxiliary of this kit (StudentConfig.cell_head). The
+    box loss reaches the fusion only through one [REG] token, so early on its gradient mostly says
+    "move toward the mean box"; a label per cell tells every visual token directly whether it is the
+    object the text means. cell_logits: [B, h·w] over a square grid that covers the padded input, so
+    cell (i, j) has its centre at ((j + ½)/w, (i + ½)/h) in the box's normalized coordinates.
+    """
+    cells = cell_logits.shape[-1]
+    side = math.isqrt(cells)
+    if side * side != cells:
+        raise ValueError(f"target_cell_loss needs a square grid, got {cells} cells")
+    centres = (torch.arange(side, device=cell_logits.device, dtype=torch.float32) + 0.5) / side
+    box = box_convert(target_cxcywh.float(), "cxcywh", "xyxy")
+    inside_x = (centres >= box[:, 0:1]) & (centres <= box[:, 2:3])  # [B, w]
+    inside_y = (centres >= box[:, 1:2]) & (centres <= box[:, 3:4])  # [B, h]
+    labels = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1).float()
+    return F.binary_cross_entropy_with_logits(cell_logits.float(), labels)
+
+
 @dataclass
 class LossConfig:
     """Weights and variants of the EpmVG objective (paper defaults)."""
@@ -86,6 +111,7 @@ class LossConfig:
     distill: DistillKind = "cosine"
     image_term: bool = True
     text_term: bool = True
+    cell_weight: float = 1.0  # on L_cell, when the student has a cell head (StudentConfig.cell_head)
 
 
 def grounding_loss(
@@ -111,6 +137,9 @@ def grounding_loss(
         "giou": giou_loss(box, target_box),
     }
     total = terms["box"] + config.giou_weight * terms["giou"]
+    if output.cell_logits is not None:
+        terms["cell"] = target_cell_loss(output.cell_logits, target_box)
+        total = total + config.cell_weight * terms["cell"]
     if config.image_term and teacher_image is not None:
         terms["distill_image"] = distillation_loss(vls, teacher_image, config.distill, teacher_grad)
         total = total + config.image_weight * terms["distill_image"]
@@ -128,4 +157,5 @@ __all__ = [
     "giou_loss",
     "grounding_loss",
     "pool_teacher",
+    "target_cell_loss",
 ]

@@ -12,5 +12,11 @@ def box_iou_pairs(pred_xyxy: Tensor, target_xyxy: Tensor) -> Tensor:
 
 
 def accuracy_at(ious: Tensor, threshold: float = 0.5) -> Tensor:
-    """Fraction of predictions whose IoU exceeds `threshold` (Acc@0.5: IoU > 0.5 counts as correct)."""
-    return (ious > threshold).float().mean()
+    """Fraction of predictions with IoU >= `threshold` (Acc@0.5, as TransVG counts it)."""
+    return (ious >= threshold).float().mean()
+
+
+def clamp_normalized(box_xyxy: Tensor) -> Tensor:
+    """A predicted box clamped to the (padded) input, [0, 1] in normalized coordinates, as TransVG
+    does before its IoU."""
+    return box_xyxy.clamp(0.0, 1.0)

@@ -110,3 +110,17 @@ def test_grayscale_input_and_config_defaults() -> None:
     assert TransformConfig(image_size=256).scales == (256, 243, 230, 218, 205, 192, 179)
     with pytest.raises(ValueError, match="below 32 px"):
         TransformConfig(image_size=40)
+
+
+@pytest.mark.parametrize("pad_position", ["bottom_right", "center"])
+def test_the_eval_box_without_pixels_is_the_transforms_box(pad_position):
+    """`EvalTransform.box` (records that share an image decode it once) equals the full transform's box."""
+    transform = EvalTransform(TransformConfig(image_size=96, pad_position=pad_position))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        width, height = (int(v) for v in rng.integers(40, 300, 2))
+        x1, y1 = rng.uniform(-5, 0.8 * width), rng.uniform(-5, 0.8 * height)
+        box = (x1, y1, x1 + rng.uniform(1, width), y1 + rng.uniform(1, height))  # may leave the image
+        image = Image.new("RGB", (width, height))
+        expected = transform(image, box, "the box").box_cxcywh
+        assert torch.equal(transform.box(box, (width, height)), expected)

@@ -164,7 +164,7 @@ def test_without_teacher_it_is_plain_transvg():
 
 
 def test_low_precision_outputs_give_a_float32_loss():
-    output = StudentOutput(*(field.to(torch.bfloat16) for field in _output()))
+    output = StudentOutput(*(field.to(torch.bfloat16) for field in _output() if field is not None))
     terms = grounding_loss(output, GT_BOX, TEACHER_IMAGE.half(), TEACHER_TEXT.half())
     assert terms["total"].dtype == torch.float32
     assert terms["total"].item() == pytest.approx(6.29, abs=1e-2)
@@ -176,6 +176,26 @@ def test_box_iou_pairs_matches_rows():
     assert box_iou_pairs(pred, target).tolist() == pytest.approx([1 / 7, 1.0, 0.0])
 
 
-def test_accuracy_counts_iou_strictly_above_threshold():
-    ious = torch.tensor([0.5, 0.51, 0.9, 0.1])
+def test_accuracy_counts_iou_of_exactly_the_threshold_as_transvg_does():
+    ious = torch.tensor([0.5, 0.49999, 0.9, 0.1])
     assert accuracy_at(ious, 0.5).item() == approx(0.5)
+
+
+def test_target_cell_loss_by_hand():
+    """A 2x2 grid (cell centres at 0.25 and 0.75); the box x 0.1..0.4, y 0.1..0.9 holds cells 0 and 2."""
+    import math
+
+    from pipeline.losses import target_cell_loss
+
+    box = torch.tensor([[0.25, 0.5, 0.3, 0.8]])
+    logits = torch.tensor([[2.0, -1.0, 0.0, 3.0]])
+    labels = [1.0, 0.0, 1.0, 0.0]
+
+    def bce(z, y):
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    expected = sum(bce(z, y) for z, y in zip(logits[0].tolist(), labels, strict=True)) / 4
+    assert float(target_cell_loss(logits, box)) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        target_cell_loss(torch.zeros(1, 3), box)

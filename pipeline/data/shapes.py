@@ -55,7 +55,9 @@ class ShapesConfig:
     max_objects: int = 6
     derive_prob: float = 0.5  # chance a new object copies an existing one's attributes (then re-draws some)
     spatial_when_optional_prob: float = 0.25
+    spatial_expressions: bool = True  # False: attribute-only expressions; look-alikes stay as distractors
     minimal_description_prob: float = 0.8  # else a longer, still unambiguous, attribute description
+    size_scale: float = 1.0  # multiplies every SIZES radius (larger objects for coarse feature maps)
     size_jitter: float = 0.08
     colour_jitter: int = 20
     gap: float = 0.02  # min. free space between objects, fraction of the image size
@@ -197,7 +199,8 @@ def make_scene(
     wanted = int(rng.integers(config.min_objects, config.max_objects, endpoint=True))
     for _ in range(wanted):
         attributes = _draw_attributes(rng, [_attributes_of(o) for o in objects], config)
-        radius = SIZES[attributes["size"]] * size * (1 + rng.uniform(-config.size_jitter, config.size_jitter))
+        size_factor = config.size_scale * (1 + rng.uniform(-config.size_jitter, config.size_jitter))
+        radius = SIZES[attributes["size"]] * size * size_factor
         centre = _place(rng, radius, objects, size, config.gap * size)
         if centre is None:
             continue  # crowded scene: fewer objects rather than overlaps
@@ -267,16 +270,28 @@ def describe_scene(
     references = [(o, unique[id(o)][0]) for o in objects if unique[id(o)]]
     expressions = []
     for target in objects:
-        spatial = _spatial_expressions(objects, target, references, config.spatial_margin * size)
         combos = unique[id(target)]
+        if not config.spatial_expressions:
+            if combos:
+                combo = _pick_combo(combos, rng, config)
+                expressions.append(Expression(f"the {_words(target, combo)}", target, combo))
+            continue  # an object only a spatial word could single out is a distractor, never a target
+        spatial = _spatial_expressions(objects, target, references, config.spatial_margin * size)
         if spatial and (not combos or rng.random() < config.spatial_when_optional_prob):
             expressions.append(spatial[int(rng.integers(len(spatial)))])
         elif combos:
-            shortest = [combo for combo in combos if len(combo) == len(combos[0])]
-            pool = shortest if rng.random() < config.minimal_description_prob else combos
-            combo = pool[int(rng.integers(len(pool)))]
+            combo = _pick_combo(combos, rng, config)
             expressions.append(Expression(f"the {_words(target, combo)}", target, combo))
     return expressions
+
+
+def _pick_combo(
+    combos: Sequence[tuple[str, ...]], rng: np.random.Generator, config: ShapesConfig
+) -> tuple[str, ...]:
+    """Mostly a shortest unambiguous attribute set, sometimes a longer one."""
+    shortest = [combo for combo in combos if len(combo) == len(combos[0])]
+    pool = shortest if rng.random() < config.minimal_description_prob else combos
+    return pool[int(rng.integers(len(pool)))]
 
 
 def _resc_attributes(expression: Expression) -> list[tuple[str, list[str]]]:

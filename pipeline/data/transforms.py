@@ -116,10 +116,14 @@ def _resize(image: Image.Image, box: np.ndarray, width: int, height: int) -> tup
     return resized, _clipped_box(box * scale, resized)
 
 
+def _long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    ratio = size / max(width, height)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
 def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
     """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
-    ratio = size / max(image.size)
-    return _resize(image, box, max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+    return _resize(image, box, *_long_side_size(image.width, image.height, size))
 
 
 def resize_short_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
@@ -200,9 +204,12 @@ def normalize_and_pad(
     padded[:, top : top + height, left : left + width] = normalized
     mask = torch.ones((size, size), dtype=torch.bool)
     mask[top : top + height, left : left + width] = False
+    return padded, mask, _padded_cxcywh(box, top, left, size)
+
+
+def _padded_cxcywh(box: np.ndarray, top: int, left: int, size: int) -> torch.Tensor:
     x1, y1, x2, y2 = box + np.array([left, top, left, top])
-    box_cxcywh = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
-    return padded, mask, box_cxcywh
+    return torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
@@ -249,3 +256,14 @@ class EvalTransform:
         image, box = resize_long_side(image, _clipped_box(box_xyxy, image), self.config.image_size)
         padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, self.config)
         return TransformedSample(padded, mask, box_cxcywh, text, flipped=False, text_swapped=False)
+
+    def box(self, box_xyxy: Sequence[float], image_size: tuple[int, int]) -> torch.Tensor:
+        """The normalized cxcywh box `__call__` gives for an image of `image_size` (width, height),
+        computed without its pixels: several records of one image need one decode."""
+        width, height = image_size
+        new_width, new_height = _long_side_size(width, height, self.config.image_size)
+        clipped = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
+        scale = np.array([new_width / width, new_height / height] * 2)
+        resized = np.clip(clipped * scale, 0.0, [new_width, new_height, new_width, new_height])
+        top, left = _pad_offsets(self.config, new_height, new_width)
+        return _padded_cxcywh(resized, top, left, self.config.image_size)

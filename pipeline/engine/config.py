@@ -46,6 +46,8 @@ class TrainConfig:
     eval_splits: tuple[str, ...] = ()  # evaluated at the end, besides val; () = all but train
     max_samples: int | None = None  # per split, for quick runs
     augment: bool = True  # False: train on the eval transform (overfitting checks)
+    blank_text: bool = False  # the image-only control: every expression replaced by an empty one
+    precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
@@ -65,6 +67,11 @@ class TrainConfig:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
         if self.distill == "cached" and self.cache is None:
             raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
+        if self.precompute_frozen and (self.augment or self.distill == "online"):
+            raise ValueError(
+                "--precompute-frozen needs --no-augment and a cached or no teacher: augmented pixels "
+                "change every epoch, and the online teacher reads pixels"
+            )
         default_epochs, default_drop = paper_schedule(self.dataset)
         if self.epochs is None:
             self.epochs = default_epochs

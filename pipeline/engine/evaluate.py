@@ -15,7 +15,8 @@ from torchvision.ops import box_convert
 from pipeline.data.torch_dataset import GroundingDataset
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
-from pipeline.metrics import accuracy_at, box_iou_pairs
+from pipeline.engine.frozen_inputs import model_inputs
+from pipeline.metrics import accuracy_at, box_iou_pairs, clamp_normalized
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,10 @@ def predict_split(
     local: list[Prediction] = []
     for batch in loader:
         with autocast():
-            output = model(
-                batch["pixels"].to(device),
-                batch["pixel_mask"].to(device),
-                batch["token_ids"].to(device),
-                batch["token_mask"].to(device),
-            )
-        box = output.box.float().cpu()
-        ious = box_iou_pairs(box_convert(box, "cxcywh", "xyxy"), box_convert(batch["box"], "cxcywh", "xyxy"))
-        pixels = to_pixels(box, batch["image_size"])
+            output = model(**model_inputs(batch, device))
+        box = clamp_normalized(box_convert(output.box.float().cpu(), "cxcywh", "xyxy"))
+        ious = box_iou_pairs(box, box_convert(batch["box"], "cxcywh", "xyxy"))
+        pixels = to_pixels(box_convert(box, "xyxy", "cxcywh"), batch["image_size"])
         for i, index in enumerate(batch["index"].tolist()):
             local.append(Prediction(index, float(ious[i]), tuple(float(v) for v in pixels[i])))
     predictions = gather_objects(local, env)
@@ -82,7 +78,7 @@ def predict_split(
 
 
 def summarize(predictions: list[Prediction]) -> dict[str, float]:
-    """Acc@0.5 (IoU > 0.5) and mean IoU over a split."""
+    """Acc@0.5 (IoU >= 0.5) and mean IoU over a split."""
     if not predictions:
         return {"acc@0.5": float("nan"), "miou": float("nan"), "n": 0}
     ious = torch.tensor([p.iou for p in predictions])

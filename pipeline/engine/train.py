@@ -7,6 +7,7 @@ tables by (record index, flipped, text swapped).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -39,11 +40,13 @@ from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import (
     DistEnv,
     EpochSampler,
+    EvalShardSampler,
     all_reduce_mean,
     init_distributed,
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
+from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
 from pipeline.engine.plots import plot_curves, plot_gallery
 from pipeline.losses import grounding_loss
 from pipeline.student import (
@@ -66,6 +69,7 @@ class RunState:
     epoch: int = 0  # epochs completed
     step: int = 0
     best_acc: float = -1.0
+    best_epoch: int = 0
 
 
 def student_config_for(config: TrainConfig) -> StudentConfig:
@@ -93,7 +97,10 @@ def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
     samples = load_split(config.dataset, split, config.data_root)
     report = validate_samples(samples, check_images=True)
     kept = select_samples(samples, report, skip_missing=config.skip_missing)
-    return kept[: config.max_samples] if config.max_samples else kept
+    kept = kept[: config.max_samples] if config.max_samples else kept
+    if config.blank_text:  # the image-only control: the same records, every expression empty
+        kept = [dataclasses.replace(sample, text="") for sample in kept]
+    return kept
 
 
 def _autocast_factory(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
@@ -215,7 +222,17 @@ class Trainer:
         if self.online_teacher is not None and config.teacher_trainable:
             groups.append({"params": list(self.online_teacher.parameters()), "lr": config.lr_pretrained})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.train_loader = _train_loader(self.train_set, config, self.env, self.collate)
+        self.frozen_tables: dict[str, FrozenInputTable] = {}
+        if config.precompute_frozen:
+            table = self.frozen_table(config.train_split)
+            self.train_loader = table_loader(
+                table,
+                config.batch_size,
+                EpochSampler(len(table), self.env, config.seed),
+                drop_last=len(table) > config.batch_size * self.env.world_size,
+            )
+        else:
+            self.train_loader = _train_loader(self.train_set, config, self.env, self.collate)
         self.steps_per_epoch = max(1, len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             # Not a lambda over self: that cycle would keep a finished trainer, and its persistent loader
@@ -234,7 +251,22 @@ class Trainer:
         if config.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         self.state = RunState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
         self.eval_loaders: dict[str, DataLoader] = {}
+
+    def frozen_table(self, split: str) -> FrozenInputTable:
+        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`)."""
+        if split not in self.frozen_tables:
+            self.frozen_tables[split] = build_frozen_table(
+                self.model,
+                self.samples[split],
+                EvalTransform(self.transform_config),
+                self.collate.tokenize,
+                self.device,
+                self.config.batch_size,
+                self.config.workers,
+            )
+        return self.frozen_tables[split]
 
     def eval_splits(self) -> list[str]:
         from pipeline.data import available_splits
@@ -260,6 +292,7 @@ class Trainer:
             "epoch": self.state.epoch,
             "step": self.state.step,
             "best_acc": self.state.best_acc,
+            "best_epoch": self.state.best_epoch,
             "train_config": self.config.to_dict(),
             "student_config": self.student_config.to_dict(),
         }
@@ -276,7 +309,12 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
-        self.state = RunState(payload["epoch"], payload["step"], payload["best_acc"])
+        self.state = RunState(
+            payload["epoch"],
+            payload["step"],
+            payload["best_acc"],
+            payload.get("best_epoch", payload["epoch"]),
+        )
 
     # loops -----------------------------------------------------------------------------------------
 
@@ -340,12 +378,7 @@ class Trainer:
         make the host wait for the GPU every step (`synced_means` does it every `sync_every` steps)."""
         teacher_image, teacher_text = self.teacher_targets(batch)
         with self.autocast():
-            output = self.ddp_model(
-                batch["pixels"].to(self.device, non_blocking=True),
-                batch["pixel_mask"].to(self.device, non_blocking=True),
-                batch["token_ids"].to(self.device, non_blocking=True),
-                batch["token_mask"].to(self.device, non_blocking=True),
-            )
+            output = self.ddp_model(**model_inputs(batch, self.device))
         terms = grounding_loss(
             output,
             batch["box"].to(self.device),
@@ -367,6 +400,11 @@ class Trainer:
         return {key: value.detach() for key, value in terms.items()}
 
     def evaluate(self, split: str) -> list[Prediction]:
+        if split not in self.eval_loaders and self.config.precompute_frozen:
+            table = self.frozen_table(split)
+            self.eval_loaders[split] = table_loader(
+                table, self.config.batch_size, EvalShardSampler(len(table), self.env)
+            )
         if split not in self.eval_loaders:
             dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
             self.eval_loaders[split] = eval_loader(
@@ -394,6 +432,9 @@ class Trainer:
             improved = val["acc@0.5"] > self.state.best_acc
             if improved:
                 self.state.best_acc = val["acc@0.5"]
+                self.state.best_epoch = epoch + 1
+                # Every rank keeps its own copy (equal under DDP): no rank waits for rank 0's best.pt.
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
@@ -406,6 +447,11 @@ class Trainer:
         return self.finish(metrics_path)
 
     def finish(self, metrics_path: Path) -> dict[str, Any]:
+        """Every split evaluated with the best-val weights (`best.pt`): val and test from one model."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        elif (self.out / BEST).is_file():  # a resumed run that improved on nothing: written before it started
+            self.model.load_state_dict(load_checkpoint(self.out / BEST)["model"])
         results, predictions = {}, {}
         for split in self.eval_splits():
             predictions[split] = self.evaluate(split)
@@ -419,6 +465,7 @@ class Trainer:
             "epochs": self.state.epoch,
             "steps": self.state.step,
             "best_val_acc@0.5": self.state.best_acc,
+            "results_from": f"best.pt (epoch {self.state.best_epoch})",
             "results": results,
             "student_parameters": sum(p.numel() for p in self.model.parameters()),
         }

@@ -21,6 +21,7 @@ from typing import Any
 
 PRESET_PACKAGE = "pipeline"
 PRESET_FOLDER = ("configs", "student")
+VISUAL_POSITIONS = ("attention", "tokens")
 
 
 @dataclass
@@ -37,6 +38,14 @@ class StudentConfig:
     in TransVG), -2 = stride 16 (a finer grid for small inputs).
     visual_init: a DETR checkpoint whose backbone, input projection and encoder initialise the visual
     branch, as TransVG does (its detr-r50-<dataset>.pth); None = ImageNet backbone, random encoder.
+    freeze_text_encoder: keep the text encoder's weights fixed (and its dropout off).
+    visual_position: where the visual encoder's sine positions go. "attention" (TransVG, DETR): added
+    to queries and keys at every layer, never to the values. "tokens": also added once to the
+    layer-normalised input tokens (ViT-style), so the values, and the [REG] token that pools them,
+    carry where each cell is.
+    cell_head: a linear head on the fusion's visual output tokens that says, per cell, whether the
+    cell's centre lies in the referred box; trained by `target_cell_loss` (not in TransVG or EpmVG:
+    a dense auxiliary that lets a small CPU budget learn which object the text means).
     """
 
     backbone: str = "resnet50"
@@ -49,6 +58,7 @@ class StudentConfig:
     text_encoder: str = "bert-base-uncased"
     text_encoder_weights: str = "pretrained"
     text_layers_used: int | None = None  # keep only the first N text-encoder layers; None = all
+    freeze_text_encoder: bool = False  # the paper fine-tunes BERT (at lr 1e-5)
     text_config_overrides: dict[str, Any] = field(default_factory=dict)
     hidden_dim: int = 256
     visual_layers: int = 6
@@ -58,6 +68,8 @@ class StudentConfig:
     dropout: float = 0.1
     max_query_len: int = 20
     image_size: int = 640
+    visual_position: str = "attention"
+    cell_head: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.heads:
@@ -65,6 +77,10 @@ class StudentConfig:
         if self.text_encoder_weights not in ("pretrained", "none"):
             raise ValueError(
                 f"text_encoder_weights must be 'pretrained' or 'none', not {self.text_encoder_weights!r}"
+            )
+        if self.visual_position not in VISUAL_POSITIONS:
+            raise ValueError(
+                f"visual_position must be one of {VISUAL_POSITIONS}, not {self.visual_position!r}"
             )
         if self.text_layers_used is not None and self.text_layers_used < 1:
             raise ValueError(f"text_layers_used must be >= 1 or None, not {self.text_layers_used}")

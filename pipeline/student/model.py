@@ -27,6 +27,7 @@ class StudentOutput(NamedTuple):
     box: Tensor  # [B, 4] normalised (cx, cy, w, h) in (0, 1)
     vls: Tensor  # [B, D]
     cls: Tensor  # [B, D]
+    cell_logits: Tensor | None = None  # [B, h·w] "is this cell inside the box?" (config.cell_head)
 
 
 class FusionInputs(NamedTuple):
@@ -48,10 +49,13 @@ class TransVG(nn.Module):
         # Visual branch: DETR without its decoder.
         self.backbone = build_backbone(config, pretrained)
         self.input_proj = nn.Conv2d(self.backbone.num_channels, dim, kernel_size=1)
+        # "tokens": LayerNorm'd tokens plus their sine position (ViT-style), so positions reach the values.
+        self.input_norm = nn.LayerNorm(dim) if config.visual_position == "tokens" else nn.Identity()
         self.visual_encoder = Encoder(dim, config.heads, config.ffn_dim, config.dropout, config.visual_layers)
         self.visual_proj = nn.Linear(dim, dim)
         # Linguistic branch.
         self.text_encoder = build_text_encoder(config, pretrained)
+        self.text_encoder.requires_grad_(not config.freeze_text_encoder)
         self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
         # Visual-linguistic fusion: one learned position per [REG], visual cell and text slot.
         self.grid_size = math.ceil(config.image_size / self.backbone.stride)
@@ -59,31 +63,69 @@ class TransVG(nn.Module):
         self.vl_pos = nn.Embedding(1 + self.grid_size**2 + config.max_query_len, dim)
         self.vl_encoder = Encoder(dim, config.heads, config.ffn_dim, config.dropout, config.vl_layers)
         self.box_head = MLP(dim, [dim, dim, 4])
+        self.cell_head = nn.Linear(dim, 1) if config.cell_head else None
         if pretrained and config.visual_init:
             load_detr_visual_weights(self, Path(config.visual_init))
 
     def forward(
-        self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
+        self,
+        pixels: Tensor | None = None,
+        pixel_mask: Tensor | None = None,
+        token_ids: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        *,
+        backbone_features: Tensor | None = None,
+        feature_pad: Tensor | None = None,
+        text_states: Tensor | None = None,
     ) -> StudentOutput:
-        inputs = self.fusion_inputs(pixels, pixel_mask, token_ids, token_mask)
+        """The box for (pixels, tokens); or, when the frozen branches' outputs were computed once
+        (`precomputed_inputs`), for (backbone_features, feature_pad, text_states, token_mask)."""
+        inputs = self.fusion_inputs(
+            pixels,
+            pixel_mask,
+            token_ids,
+            token_mask,
+            backbone_features=backbone_features,
+            feature_pad=feature_pad,
+            text_states=text_states,
+        )
         fused = self.vl_encoder(inputs.tokens, inputs.pos, inputs.pad_mask)
-        box = self.box_head(fused[:, 0]).sigmoid()
-        return StudentOutput(box=box, vls=fused[:, 1], cls=fused[:, 1 + inputs.visual_count])
+        # fp32 head and sigmoid under bf16 autocast: bf16 keeps 8 bits of mantissa, about 0.4% of the
+        # image per coordinate near 1, which is visible in IoU on small objects.
+        with torch.autocast(fused.device.type, enabled=False):
+            box = self.box_head(fused[:, 0].float()).sigmoid()
+        visual = fused[:, 1 : 1 + inputs.visual_count]
+        cells = self.cell_head(visual).squeeze(-1) if self.cell_head is not None else None
+        return StudentOutput(
+            box=box, vls=fused[:, 1], cls=fused[:, 1 + inputs.visual_count], cell_logits=cells
+        )
 
     def fusion_inputs(
-        self, pixels: Tensor, pixel_mask: Tensor, token_ids: Tensor, token_mask: Tensor
+        self,
+        pixels: Tensor | None,
+        pixel_mask: Tensor | None,
+        token_ids: Tensor | None,
+        token_mask: Tensor,
+        *,
+        backbone_features: Tensor | None = None,
+        feature_pad: Tensor | None = None,
+        text_states: Tensor | None = None,
     ) -> FusionInputs:
         """Encode both branches and lay out [REG] + visual + text with their positions and padding."""
-        visual, visual_pad, grid_hw = self.encode_image(pixels, pixel_mask)
-        text = self.encode_text(token_ids, token_mask)
-        reg = self.reg_token.weight.expand(pixels.shape[0], 1, -1)
+        if backbone_features is None:
+            backbone_features, feature_pad = self.backbone_features(pixels, pixel_mask)
+        if text_states is None:
+            text_states = self.text_states(token_ids, token_mask)
+        visual, visual_pad, grid_hw = self.visual_tokens(backbone_features, feature_pad)
+        text = self.text_proj(text_states)
+        reg = self.reg_token.weight.expand(visual.shape[0], 1, -1)
         tokens = torch.cat([reg, visual, text], dim=1)
         pad_mask = torch.cat([torch.zeros_like(visual_pad[:, :1]), visual_pad, ~token_mask], dim=1)
-        pos = self.vl_pos(self.vl_position_ids(grid_hw, token_ids.shape[1], pixels.device))
+        pos = self.vl_pos(self.vl_position_ids(grid_hw, text.shape[1], visual.device))
         return FusionInputs(tokens, pos.unsqueeze(0).expand_as(tokens), pad_mask, visual.shape[1])
 
-    def encode_image(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
-        """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
+    def backbone_features(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The CNN's feature map [B, C, h, w] and its padding mask [B, h, w]."""
         # TransVG pads with the mean colour (0 after normalisation); forcing it here makes the output
         # independent of whatever a loader left in the padding.
         pixels = pixels.masked_fill(pixel_mask[:, None], 0.0)
@@ -97,17 +139,46 @@ class TransVG(nn.Module):
                 f"larger than the {self.grid_size}x{self.grid_size} positions of "
                 f"image_size={self.config.image_size}"
             )
+        return features, feature_pad
+
+    def visual_tokens(self, features: Tensor, feature_pad: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
+        height, width = features.shape[-2:]
         tokens = self.input_proj(features).flatten(2).transpose(1, 2)
         pad = feature_pad.flatten(1)
         pos = sine_position_encoding(feature_pad, tokens.shape[-1]).flatten(1, 2).to(tokens.dtype)
+        if self.config.visual_position == "tokens":
+            tokens = self.input_norm(tokens) + pos
         return self.visual_proj(self.visual_encoder(tokens, pos, pad)), pad, (height, width)
+
+    def encode_image(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
+        return self.visual_tokens(*self.backbone_features(pixels, pixel_mask))
+
+    def text_states(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
+        """The text encoder's token states [B, L, H] (before the projection to D)."""
+        if token_ids.shape[1] > self.config.max_query_len:
+            raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
+        return self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
 
     def encode_text(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
         """Text tokens [B, L, D]."""
-        if token_ids.shape[1] > self.config.max_query_len:
-            raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
-        states = self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
-        return self.text_proj(states)
+        return self.text_proj(self.text_states(token_ids, token_mask))
+
+    @property
+    def precomputable(self) -> bool:
+        """Whether the backbone and the text encoder are both frozen, so that their outputs for an
+        un-augmented input never change and can be computed once per image and per text."""
+        branches = (self.backbone, self.text_encoder)
+        return not any(p.requires_grad for branch in branches for p in branch.parameters())
+
+    def train(self, mode: bool = True) -> TransVG:
+        """Frozen branches stay in eval mode: no dropout, so their outputs are a pure function of the
+        input (and a precomputed table stays exact)."""
+        super().train(mode)
+        if self.config.freeze_text_encoder:
+            self.text_encoder.eval()
+        return self
 
     def vl_position_ids(self, grid_hw: tuple[int, int], text_len: int, device: torch.device) -> Tensor:
         """Rows of `vl_pos` for [REG], the h×w visual cells and the text slots.

@@ -1,0 +1,89 @@
+"""Precomputed frozen branches: the table is exactly the full forward pass, and a run trained on it
+evaluates the same through the ordinary pixel path."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.evaluate import evaluate_checkpoint
+from pipeline.engine.frozen_inputs import build_frozen_table, model_inputs
+from pipeline.engine.train import make_collate, train, transform_config_for
+from pipeline.student import build_student, student_preset
+
+FROZEN = {"frozen_backbone_stages": 5, "freeze_text_encoder": True, "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=12, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("visual_position", ["attention", "tokens"])
+def test_the_table_gives_what_the_full_forward_pass_computes(shapes_root, visual_position):
+    config = student_preset("tiny", **FROZEN, visual_position=visual_position)
+    model = build_student(config).train()  # train mode: the frozen branches must still run as in eval
+    samples = load_split("shapes", "train", shapes_root)
+    transform = EvalTransform(transform_config_for(config))
+    collate = make_collate(config)
+    table = build_frozen_table(model, samples, transform, collate.tokenize, torch.device("cpu"), batch_size=5)
+    assert table.backbone_features.shape[0] == len({s.image_key for s in samples}) < len(samples)
+    assert table.text_states.shape[0] == len({s.text for s in samples})
+    model.eval()
+    rows = list(range(len(samples)))
+    pixel_batch = collate([GroundingDataset(samples, transform)[i] for i in rows])
+    table_batch = table.collate(rows)
+    assert torch.equal(table_batch["box"], pixel_batch["box"])
+    assert torch.equal(table_batch["index"], pixel_batch["index"])
+    with torch.no_grad():
+        from_pixels = model(**model_inputs(pixel_batch, torch.device("cpu")))
+        from_table = model(**model_inputs(table_batch, torch.device("cpu")))
+    for name in ("box", "vls", "cls"):
+        torch.testing.assert_close(
+            getattr(from_table, name), getattr(from_pixels, name), atol=1e-5, rtol=1e-4
+        )
+
+
+def test_a_student_that_trains_a_branch_is_refused(shapes_root):
+    config = student_preset("tiny", frozen_backbone_stages=5, image_size=64)  # text encoder trains
+    model = build_student(config)
+    assert not model.precomputable
+    with pytest.raises(ValueError, match="freeze_text_encoder"):
+        build_frozen_table(model, load_split("shapes", "val", shapes_root), EvalTransform(), None, "cpu")
+
+
+def test_precompute_needs_unaugmented_inputs(shapes_root):
+    with pytest.raises(ValueError, match="no-augment"):
+        TrainConfig(dataset="shapes", data_root=shapes_root, distill="none", precompute_frozen=True)
+
+
+def test_a_run_on_the_table_evaluates_the_same_through_pixels(shapes_root, tmp_path):
+    """Its final results come from best.pt, and `eval` of best.pt through pixels gives the same."""
+    summary = train(
+        TrainConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            out=tmp_path / "run",
+            student="tiny",
+            student_overrides=FROZEN,
+            distill="none",
+            epochs=2,
+            lr_drop=2,
+            batch_size=4,
+            augment=False,
+            precompute_frozen=True,
+            workers=0,
+            progress=False,
+        )
+    )
+    assert summary["steps"] > 2
+    through_pixels = evaluate_checkpoint(
+        tmp_path / "run" / "best.pt", shapes_root, None, ["val", "test"], 4, "cpu", False
+    )
+    for split in ("val", "test"):
+        assert through_pixels[split]["n"] == summary["results"][split]["n"]
+        assert through_pixels[split]["miou"] == pytest.approx(summary["results"][split]["miou"], abs=1e-5)
