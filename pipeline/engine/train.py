@@ -433,8 +433,11 @@ class Trainer:
             if improved:
                 self.state.best_acc = val["acc@0.5"]
                 self.state.best_epoch = epoch + 1
-                # Every rank keeps its own copy (equal under DDP): no rank waits for rank 0's best.pt.
-                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                # Every rank keeps its own host copy (equal under DDP): no rank waits for rank 0's best.pt,
+                # and no second model sits in GPU memory.
+                self.best_weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                }
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
