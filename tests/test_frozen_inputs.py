@@ -87,3 +87,13 @@ def test_a_run_on_the_table_evaluates_the_same_through_pixels(shapes_root, tmp_p
     for split in ("val", "test"):
         assert through_pixels[split]["n"] == summary["results"][split]["n"]
         assert through_pixels[split]["miou"] == pytest.approx(summary["results"][split]["miou"], abs=1e-5)
+
+
+def test_a_fully_frozen_branch_stays_in_eval_mode():
+    """Even with trainable-style BatchNorm (freeze_bn=False): batch statistics would break the table."""
+    model = build_student(student_preset("tiny", **FROZEN, freeze_bn=False)).train()
+    assert model.precomputable
+    assert not model.backbone.training and not model.text_encoder.training
+    assert model.vl_encoder.training
+    trains_its_backbone = build_student(student_preset("tiny", image_size=64)).train()
+    assert trains_its_backbone.backbone.training

@@ -173,11 +173,12 @@ class TransVG(nn.Module):
         return not any(p.requires_grad for branch in branches for p in branch.parameters())
 
     def train(self, mode: bool = True) -> TransVG:
-        """Frozen branches stay in eval mode: no dropout, so their outputs are a pure function of the
-        input (and a precomputed table stays exact)."""
+        """A branch with no trainable weight stays in eval mode: no dropout and no batch statistics, so
+        its output is a pure function of its input (and a precomputed table stays exact)."""
         super().train(mode)
-        if self.config.freeze_text_encoder:
-            self.text_encoder.eval()
+        for branch in (self.backbone, self.text_encoder):
+            if not any(p.requires_grad for p in branch.parameters()):
+                branch.eval()
         return self
 
     def vl_position_ids(self, grid_hw: tuple[int, int], text_len: int, device: torch.device) -> Tensor:
