@@ -96,6 +96,14 @@ def _offline_unless_reachable() -> Iterator[None]:
         huggingface_hub.constants.HF_HUB_OFFLINE = previous
 
 
+def create_random_model(model_name: str, seed: int) -> torch.nn.Module:
+    """open_clip's model with random weights drawn from `seed`, the global RNG left untouched: every
+    process (and every dask worker) builds the same one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.create_model(model_name, pretrained=None, pretrained_text=False)
+
+
 def _model_config_digest(name: str) -> str:
     """Hash of the architecture config, so two JSON configs of the same name cannot be confused."""
     config = open_clip.get_model_config(name) or {}
@@ -135,10 +143,7 @@ class Teacher:
                     "--pretrained none gives a teacher with random weights; pass --allow-random-teacher "
                     "to confirm (the store will be marked as such)"
                 )
-            # Seeded so every process (and every dask worker) builds the same random teacher.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_TEACHER_SEED)
-                model = open_clip.create_model(self.model_name, pretrained=None, pretrained_text=False)
+            model = create_random_model(self.model_name, RANDOM_TEACHER_SEED)
             return model, {"kind": "random", "seed": RANDOM_TEACHER_SEED}
         path = Path(pretrained)
         if path.is_file():

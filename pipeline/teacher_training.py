@@ -50,7 +50,13 @@ from pipeline.data import (
     swap_left_right,
     validate_samples,
 )
-from pipeline.teacher import RANDOM_TEACHER_SEED, Teacher, TeacherConfig, encode_text_trimmed
+from pipeline.teacher import (
+    RANDOM_TEACHER_SEED,
+    Teacher,
+    TeacherConfig,
+    create_random_model,
+    encode_text_trimmed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -327,12 +333,6 @@ def _warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], 
     return factor
 
 
-def _create_model(model_name: str, seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return open_clip.create_model(model_name, pretrained=None, pretrained_text=False)
-
-
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
@@ -480,7 +480,7 @@ def _train_teacher(config: TeacherTrainingConfig) -> dict[str, Any]:
         decode_seconds,
     )
 
-    model = _create_model(baseline.model_name, config.seed)
+    model = create_random_model(baseline.model_name, config.seed)
     fit = _fit(model, data, config)
 
     out.mkdir(parents=True, exist_ok=True)
