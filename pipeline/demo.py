@@ -108,22 +108,34 @@ def demo_run(config: DemoConfig, data_root: Path, store: Path, out: Path, **chan
     return TrainConfig(**{**settings, **changes})
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """make shapes → train a tiny CLIP → cache → train the student and an image-only control → report."""
-    from pipeline.teacher_training import TeacherTrainingConfig, train_teacher
+@dataclass(frozen=True)
+class DemoAssets:
+    """What every student run of the demo reads: the data, the trained teacher and its cache."""
 
-    started = time.perf_counter()
+    data_root: Path
+    teacher: dict[str, Any]  # `train_teacher`'s summary: checkpoint, model config, retrieval
+    store: Path
+
+
+def prepare_demo_assets(config: DemoConfig) -> DemoAssets:
+    """make shapes → train a tiny CLIP on its train split → cache its targets (each step kept if done)."""
+    from pipeline.teacher_training import REPORT_NAME, TeacherTrainingConfig, train_teacher
+
     data_root = ensure_shapes(config.out / "data", config.images, config.seed, config.image_size, DEMO_SHAPES)
-    teacher = train_teacher(
-        TeacherTrainingConfig(
-            dataset="shapes",
-            data_root=data_root,
-            out=config.out / "teacher",
-            epochs=config.teacher_epochs,
-            batch_size=config.teacher_batch_size,
-            seed=config.seed,
+    report = config.out / "teacher" / REPORT_NAME
+    if report.is_file():  # an interrupted experiment goes on with the teacher it had trained
+        teacher = json.loads(report.read_text())
+    else:
+        teacher = train_teacher(
+            TeacherTrainingConfig(
+                dataset="shapes",
+                data_root=data_root,
+                out=config.out / "teacher",
+                epochs=config.teacher_epochs,
+                batch_size=config.teacher_batch_size,
+                seed=config.seed,
+            )
         )
-    )
     store = build_cache(
         CacheJobConfig(
             dataset="shapes",
@@ -135,6 +147,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             text_shard_rows=4096,
         )
     )
+    return DemoAssets(data_root, teacher, store)
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """make shapes → train a tiny CLIP → cache → train the student and an image-only control → report."""
+    started = time.perf_counter()
+    assets = prepare_demo_assets(config)
+    data_root, teacher, store = assets.data_root, assets.teacher, assets.store
     summary = train(demo_run(config, data_root, store, config.out / "run"))
     control = train(demo_run(config, data_root, store, config.out / "image-only", blank_text=True))
     splits = {split: load_split("shapes", split, data_root) for split in ("val", "test")}

@@ -30,6 +30,7 @@ from pipeline.data import (
     TrainTransform,
     TransformConfig,
     dataset_spec,
+    image_subset,
     load_split,
     select_samples,
     validate_samples,
@@ -97,6 +98,8 @@ def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
     samples = load_split(config.dataset, split, config.data_root)
     report = validate_samples(samples, check_images=True)
     kept = select_samples(samples, report, skip_missing=config.skip_missing)
+    if split == config.train_split:
+        kept = image_subset(kept, config.train_fraction)
     kept = kept[: config.max_samples] if config.max_samples else kept
     if config.blank_text:  # the image-only control: the same records, every expression empty
         kept = [dataclasses.replace(sample, text="") for sample in kept]
