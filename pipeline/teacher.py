@@ -11,7 +11,7 @@ import hashlib
 import json
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import file_sha256
+from pipeline.data.transforms import student_view_image
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
 RANDOM_TEACHER_SEED = 0
@@ -193,7 +194,22 @@ class Teacher:
                 # JPEG DCT scaling decodes at 1/2..1/8 size for far less work; the result still
                 # covers the teacher's input size, so only the resampling filter's input changes.
                 image.draft("RGB", (self.image_size, self.image_size))
-            return self.image_transform(image.convert("RGB"))
+            return self.preprocess(image)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The one preprocessing of every teacher input (cache and online): [3, S, S] float32."""
+        return self.image_transform(image.convert("RGB"))
+
+    def preprocess_student_pixels(
+        self, pixels: torch.Tensor, pixel_mask: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+    ) -> torch.Tensor:
+        """The teacher's input for a batch of the student's normalized, padded tensors [B, 3, H, W].
+
+        The student's padding is dropped and its content goes through `preprocess`, so the online
+        teacher sees the student's pixels framed exactly as the cache frames an image file.
+        """
+        views = [student_view_image(p, m, mean, std) for p, m in zip(pixels, pixel_mask, strict=True)]
+        return torch.stack([self.preprocess(view) for view in views])
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

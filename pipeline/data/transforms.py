@@ -207,6 +207,25 @@ def normalize_and_pad(
     return padded, mask, _padded_cxcywh(box, top, left, size)
 
 
+def student_view_image(
+    pixels: torch.Tensor, pixel_mask: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> Image.Image:
+    """The 8-bit RGB image inside one normalized, padded student tensor: the pixels the student sees.
+
+    Inverts `normalize_and_pad` exactly (the float error is far below half a grey level), so a teacher
+    can preprocess the student's view the way the cache preprocesses an image file.
+    """
+    rows = (~pixel_mask).any(dim=1).nonzero().flatten()
+    cols = (~pixel_mask).any(dim=0).nonzero().flatten()
+    if len(rows) == 0:
+        raise ValueError("the pixel mask marks every pixel as padding")
+    content = pixels[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1].float().cpu()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    levels = ((content * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return F.to_pil_image(levels)
+
+
 def _padded_cxcywh(box: np.ndarray, top: int, left: int, size: int) -> torch.Tensor:
     x1, y1, x2, y2 = box + np.array([left, top, left, top])
     return torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size

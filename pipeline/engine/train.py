@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -136,22 +135,19 @@ class OnlineTeacher:
         )
         self.trainable = config.teacher_trainable
         self.teacher.model.requires_grad_(self.trainable).train(self.trainable)
-        mean, std = student_mean_std
-        self.student_mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.student_std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.mean = torch.tensor(self.teacher.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.teacher.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+        self.student_mean_std = student_mean_std
         self.device = device
 
     def parameters(self):
         return self.teacher.model.parameters()
 
-    def __call__(self, pixels: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        # The student's input is already letterboxed (padded with the mean colour): re-normalize it for CLIP.
-        rgb = pixels * self.student_std + self.student_mean
-        size = self.teacher.image_size
-        resized = F.interpolate(rgb, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        clip_pixels = (resized.clamp(0, 1) - self.mean) / self.std
+    def __call__(
+        self, pixels: torch.Tensor, pixel_mask: torch.Tensor, texts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The cache's own preprocessing (centred letterbox of the un-padded image), on the student's pixels.
+        clip_pixels = self.teacher.preprocess_student_pixels(
+            pixels.cpu(), pixel_mask.cpu(), self.student_mean_std[0], self.student_mean_std[1]
+        ).to(self.device)
         tokens = self.teacher.tokenizer(texts).to(self.device)
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         with grad:
@@ -373,7 +369,7 @@ class Trainer:
             )
             return image.to(self.device, non_blocking=True), text.to(self.device, non_blocking=True)
         if self.online_teacher is not None:
-            return self.online_teacher(batch["pixels"].to(self.device), batch["text"])
+            return self.online_teacher(batch["pixels"], batch["pixel_mask"], batch["text"])
         return None, None
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,88 @@
+"""Issue #12: the teacher's targets and the student's pixels.
+
+The online teacher must preprocess exactly as the cache does (one preprocessing for both paths), and
+the fidelity measurement must run end to end.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from pipeline.cache_job import embed_images
+from pipeline.data import EvalTransform, TransformConfig, make_shapes
+from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.train import OnlineTeacher
+from pipeline.teacher import TeacherConfig, build_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=12, seed=0, image_size=128)
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(shapes_root, tmp_path_factory) -> list[Path]:
+    """A square JPEG scene and a 128x96 PNG cut from another: a letterbox only shows on a non-square image."""
+    scenes = sorted((shapes_root / "images").rglob("*.jpg"))
+    wide = tmp_path_factory.mktemp("wide") / "wide.png"
+    with Image.open(scenes[1]) as scene:
+        scene.convert("RGB").crop((0, 16, 128, 112)).save(wide)
+    return [scenes[0], wide]
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def test_student_view_image_inverts_normalize_and_pad_exactly(images):
+    config = TransformConfig(image_size=160, num_scales=1, pad_position="center")
+    with Image.open(images[1]) as image:
+        original = image.convert("RGB")
+    pixels, mask, _ = normalize_and_pad(F.pil_to_tensor(original), np.zeros(4), config)
+    assert mask.any(), "the view must be padded for the test to mean anything"
+    view = student_view_image(pixels, mask, config.mean, config.std)
+    assert view.size == original.size
+    assert np.array_equal(np.asarray(view), np.asarray(original))
+
+
+@pytest.mark.parametrize("pad_position", ["bottom_right", "center"])
+def test_online_teacher_embeds_an_unaugmented_image_as_the_cache_does(images, pad_position, tmp_path):
+    # jpeg_draft off: a DCT-scaled decode cannot be reproduced from the student's decoded pixels.
+    teacher_config = TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=False)
+    teacher = build_teacher(teacher_config)
+    cached = torch.from_numpy(embed_images(teacher, images, batch_size=4, decode_workers=0))
+    run = TrainConfig(
+        dataset="shapes",
+        out=tmp_path,
+        distill="online",
+        teacher_model=TINY_TEACHER,
+        teacher_pretrained="none",
+        allow_random_teacher=True,
+    )
+    # The student's size equals the images' longer side, so its un-augmented view holds their pixels.
+    transform = TransformConfig(image_size=128, num_scales=1, pad_position=pad_position)
+    online = OnlineTeacher(run, torch.device("cpu"), (transform.mean, transform.std))
+    for variant in (0, 1):
+        views = []
+        for path in images:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+            if variant:
+                image, _ = hflip(image, np.zeros(4))
+            views.append(EvalTransform(transform)(image, [0, 0, 10, 10], "the red circle"))
+        pixels = torch.stack([view.pixels for view in views])
+        mask = torch.stack([view.pixel_mask for view in views])
+        image_embedding, _ = online(pixels, mask, ["the red circle"] * len(views))
+        cos = _cos(image_embedding, cached[:, variant])
+        assert bool((cos >= 0.9999).all()), f"variant {variant}: cos {cos.tolist()}"
