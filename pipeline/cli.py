@@ -101,6 +101,48 @@ def cache_build(
     typer.echo(f"store complete: {path}")
 
 
+@cache_app.command("fidelity")
+def cache_fidelity(
+    dataset: str = typer.Argument(..., help="the dataset the student trains on"),
+    data_root: Path = DATA_ROOT,
+    store: Path | None = typer.Option(
+        None, help="read cached targets here [default: computed as the cache does]"
+    ),
+    teacher: str = typer.Option("ViT-B-16", help="open_clip model name or model-config JSON path"),
+    pretrained: str = typer.Option("openai", help="open_clip tag, local checkpoint file, or 'none'"),
+    allow_random_teacher: bool = typer.Option(False, help="allow --pretrained none"),
+    teacher_crop: str = typer.Option("letterbox", help="the store's --teacher-crop"),
+    student: str = typer.Option("transvg-r50", help="student preset whose train transform is measured"),
+    image_size: int | None = typer.Option(None, help="override the preset's input size"),
+    split: str = typer.Option("train"),
+    samples: int = typer.Option(200, help="images (one record each)"),
+    seed: int = typer.Option(0),
+    kinds: str = typer.Option(",".join(("none", "scale", "crop", "flip", "jitter", "all"))),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """cos(cached [DIE], teacher on the exact augmented pixels the student sees), per augmentation."""
+    from pipeline.fidelity import FidelityConfig, format_fidelity, measure_fidelity, student_transform
+    from pipeline.teacher import TeacherConfig, build_teacher
+
+    config = FidelityConfig(
+        dataset=dataset,
+        data_root=data_root,
+        transform=student_transform(student, image_size),
+        split=split,
+        samples=samples,
+        seed=seed,
+        kinds=tuple(kind.strip() for kind in kinds.split(",") if kind.strip()),
+        store=store,
+    )
+    model = build_teacher(
+        TeacherConfig(
+            model=teacher, pretrained=pretrained, allow_random=allow_random_teacher, crop=teacher_crop
+        )
+    )
+    report = measure_fidelity(model, config)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_fidelity(report))
+
+
 @cache_app.command("info")
 def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarize a store: fingerprint, tables, shards done, indices."""

@@ -4,6 +4,7 @@ The online teacher must preprocess exactly as the cache does (one preprocessing 
 the fidelity measurement must run end to end.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.data import EvalTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import OnlineTeacher
+from pipeline.fidelity import FidelityConfig, student_transform
 from pipeline.teacher import TeacherConfig, build_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +88,66 @@ def test_online_teacher_embeds_an_unaugmented_image_as_the_cache_does(images, pa
         image_embedding, _ = online(pixels, mask, ["the red circle"] * len(views))
         cos = _cos(image_embedding, cached[:, variant])
         assert bool((cos >= 0.9999).all()), f"variant {variant}: cos {cos.tolist()}"
+
+
+@pytest.fixture(scope="module")
+def exact_store(shapes_root, tmp_path_factory) -> Path:
+    from pipeline.cache_job import CacheJobConfig, build_cache
+
+    return build_cache(
+        CacheJobConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=False),
+            out=tmp_path_factory.mktemp("cache") / "store",
+            dtype="float32",
+            decode_workers=0,
+            progress=False,
+        )
+    )
+
+
+def _fidelity_config(shapes_root: Path, **changes) -> FidelityConfig:
+
+    settings = dict(
+        dataset="shapes", data_root=shapes_root, transform=student_transform("tiny", 128), samples=4
+    )
+    return FidelityConfig(**{**settings, **changes})
+
+
+def test_fidelity_is_exact_without_augmentation_and_drops_with_a_crop(shapes_root, exact_store):
+    from pipeline.fidelity import measure_fidelity
+
+    teacher_config = TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=False)
+    config = _fidelity_config(shapes_root, store=exact_store, kinds=("none", "flip", "crop"))
+    report = measure_fidelity(build_teacher(teacher_config), config)
+    kinds = report["kinds"]
+    assert report["images"] == 4 and kinds["none"]["n"] == 4
+    # The store's rows, its flipped variant included, are what the teacher gives the student's pixels...
+    assert kinds["none"]["min"] >= 0.9999 and kinds["flip"]["min"] >= 0.9999
+    # ...and a crop is another image: the figure must be able to show a gap.
+    assert kinds["crop"]["median"] < 0.9999
+
+
+def test_fidelity_refuses_a_store_of_another_teacher(shapes_root, exact_store):
+    from pipeline.fidelity import measure_fidelity
+    from pipeline.targets import TargetsMismatchError
+
+    drafted = TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=True)
+    with pytest.raises(TargetsMismatchError, match="another teacher"):
+        measure_fidelity(build_teacher(drafted), _fidelity_config(shapes_root, store=exact_store))
+
+
+def test_cache_fidelity_command_quick(shapes_root):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    args = ["cache", "fidelity", "shapes", "--data-root", str(shapes_root), "--teacher", TINY_TEACHER]
+    args += ["--pretrained", "none", "--allow-random-teacher", "--student", "tiny", "--image-size", "128"]
+    args += ["--samples", "3", "--kinds", "none,all", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert set(report["kinds"]) == {"none", "all"} and report["kinds"]["all"]["n"] == 3
+    assert 0.0 < report["kinds"]["all"]["p5"] <= report["kinds"]["all"]["median"] <= 1.0 + 1e-9
