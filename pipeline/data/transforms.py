@@ -126,10 +126,48 @@ def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Im
     return _resize(image, box, *_long_side_size(image.width, image.height, size))
 
 
+def _short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    ratio = size / min(width, height)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
 def resize_short_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
     """Resize so that the shorter side is `size`, keeping the aspect ratio; the box follows."""
-    ratio = size / min(image.size)
-    return _resize(image, box, max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+    return _resize(image, box, *_short_side_size(image.width, image.height, size))
+
+
+def crop_window(
+    width: int, height: int, box: np.ndarray, size_range: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of a random crop of random size in `size_range` holding the whole box,
+    drawn from the image's size alone; None when no allowed crop size can hold the box."""
+    x1, y1, x2, y2 = box
+    # Integer crop edges must enclose the fractional box: left <= floor(x1), right >= ceil(x2).
+    min_width = max(size_range[0], math.ceil(x2) - math.floor(x1))
+    min_height = max(size_range[0], math.ceil(y2) - math.floor(y1))
+    max_width, max_height = min(width, size_range[1]), min(height, size_range[1])
+    if min_width > max_width or min_height > max_height:
+        return None
+    crop_width = int(rng.integers(min_width, max_width, endpoint=True))
+    crop_height = int(rng.integers(min_height, max_height, endpoint=True))
+    left = int(
+        rng.integers(
+            max(0, math.ceil(x2) - crop_width), min(math.floor(x1), width - crop_width), endpoint=True
+        )
+    )
+    top = int(
+        rng.integers(
+            max(0, math.ceil(y2) - crop_height), min(math.floor(y1), height - crop_height), endpoint=True
+        )
+    )
+    return top, left, crop_height, crop_width
+
+
+def apply_crop(
+    image: Image.Image, box: np.ndarray, window: tuple[int, int, int, int]
+) -> tuple[Image.Image, np.ndarray]:
+    top, left, height, width = window
+    return F.crop(image, top, left, height, width), box - np.array([left, top, left, top])
 
 
 def random_crop_keeping_box(
@@ -139,24 +177,25 @@ def random_crop_keeping_box(
 
     Returns the input unchanged when no allowed crop size can hold the box (TransVG gives up too).
     """
-    x1, y1, x2, y2 = box
-    # Integer crop edges must enclose the fractional box: left <= floor(x1), right >= ceil(x2).
-    min_width = max(size_range[0], math.ceil(x2) - math.floor(x1))
-    min_height = max(size_range[0], math.ceil(y2) - math.floor(y1))
-    max_width, max_height = min(image.width, size_range[1]), min(image.height, size_range[1])
-    if min_width > max_width or min_height > max_height:
-        return image, box
-    width = int(rng.integers(min_width, max_width, endpoint=True))
-    height = int(rng.integers(min_height, max_height, endpoint=True))
-    left = int(
-        rng.integers(max(0, math.ceil(x2) - width), min(math.floor(x1), image.width - width), endpoint=True)
-    )
-    top = int(
-        rng.integers(
-            max(0, math.ceil(y2) - height), min(math.floor(y1), image.height - height), endpoint=True
-        )
-    )
-    return F.crop(image, top, left, height, width), box - np.array([left, top, left, top])
+    window = crop_window(image.width, image.height, box, size_range, rng)
+    return (image, box) if window is None else apply_crop(image, box, window)
+
+
+_JITTER_ADJUSTMENTS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+
+
+def draw_jitter(strength: float, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """ColorJitter's brightness, contrast and saturation factors and their order; () when off (no draw)."""
+    if strength == 0:
+        return (), ()
+    factors = rng.uniform(1.0 - strength, 1.0 + strength, size=len(_JITTER_ADJUSTMENTS))
+    return tuple(float(f) for f in factors), tuple(int(i) for i in rng.permutation(len(_JITTER_ADJUSTMENTS)))
+
+
+def apply_jitter(image: Image.Image, factors: Sequence[float], order: Sequence[int]) -> Image.Image:
+    for which in order:
+        image = _JITTER_ADJUSTMENTS[which](image, float(factors[which]))
+    return image
 
 
 def color_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
@@ -164,13 +203,7 @@ def color_jitter(image: Image.Image, strength: float, rng: np.random.Generator) 
 
     Applied to the PIL image: PIL's enhancers are ~50x faster than the uint8-tensor kernels on CPU.
     """
-    if strength == 0:
-        return image
-    adjustments = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
-    factors = rng.uniform(1.0 - strength, 1.0 + strength, size=len(adjustments))
-    for which in rng.permutation(len(adjustments)):
-        image = adjustments[which](image, float(factors[which]))
-    return image
+    return apply_jitter(image, *draw_jitter(strength, rng))
 
 
 def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]:
@@ -235,8 +268,93 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """Every random choice of one `TrainTransform` draw: replaying them gives the same pixels."""
+
+    crop_short_side: int = 0  # 0: no crop branch
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width); None: no crop taken
+    scale: int = 0  # the longest side
+    jitter_factors: tuple[float, ...] = ()  # () : no colour jitter
+    jitter_order: tuple[int, ...] = ()
+    flipped: bool = False
+
+    # As a row of integers (the store keeps index arrays of int32). Jitter factors are kept in
+    # millionths: the cache and the trainer both apply the decoded row, so they see the same pixels.
+    ROW_LENGTH = 13
+    _FACTOR_UNIT = 1_000_000
+
+    def to_row(self) -> list[int]:
+        crop = self.crop or (0, 0, 0, 0)
+        factors = [round(f * self._FACTOR_UNIT) for f in self.jitter_factors] or [0, 0, 0]
+        order = list(self.jitter_order) or [-1, -1, -1]
+        return [self.crop_short_side, *crop, self.scale, *factors, *order, int(self.flipped)]
+
+    @classmethod
+    def from_row(cls, row: Sequence[int]) -> AugmentParams:
+        values = [int(v) for v in row]
+        if len(values) != cls.ROW_LENGTH:
+            raise ValueError(f"an augmentation row has {cls.ROW_LENGTH} integers, got {len(values)}")
+        short, top, left, height, width, scale = values[:6]
+        jittered = values[9] >= 0
+        return cls(
+            crop_short_side=short,
+            crop=(top, left, height, width) if height > 0 else None,
+            scale=scale,
+            jitter_factors=tuple(v / cls._FACTOR_UNIT for v in values[6:9]) if jittered else (),
+            jitter_order=tuple(values[9:12]) if jittered else (),
+            flipped=bool(values[12]),
+        )
+
+
+def draw_augment_params(
+    image_size: tuple[int, int],
+    box_xyxy: Sequence[float],
+    text: str,
+    config: TransformConfig,
+    rng: np.random.Generator,
+) -> AugmentParams:
+    """`TrainTransform`'s draws, in its order, from the image's (width, height) alone."""
+    width, height = image_size
+    box = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
+    short, window = 0, None
+    # A crop can change what "left" or "the middle one" refers to, so TransVG never crops those.
+    if rng.random() < config.crop_prob and not has_spatial_word(text):
+        short = int(rng.choice(config.crop_short_sides))
+        new_width, new_height = _short_side_size(width, height, short)
+        scale = np.array([new_width / width, new_height / height] * 2)
+        resized = np.clip(box * scale, 0.0, [new_width, new_height, new_width, new_height])
+        window = crop_window(new_width, new_height, resized, config.crop_size_range, rng)
+    longest = int(rng.choice(config.scales))
+    factors, order = draw_jitter(config.color_jitter, rng)
+    flipped = bool(rng.random() < config.flip_prob)
+    return AugmentParams(short, window, longest, factors, order, flipped)
+
+
+def apply_augment_params(
+    image: Image.Image, box_xyxy: Sequence[float], text: str, params: AugmentParams, config: TransformConfig
+) -> TransformedSample:
+    """The train transform with every random choice taken from `params`."""
+    image = _as_rgb(image)
+    box = _clipped_box(box_xyxy, image)
+    if params.crop_short_side:
+        image, box = resize_short_side(image, box, params.crop_short_side)
+        if params.crop is not None:
+            image, box = apply_crop(image, box, params.crop)
+    image, box = resize_long_side(image, box, params.scale)
+    image = apply_jitter(image, params.jitter_factors, params.jitter_order)
+    out_text = text
+    if params.flipped:
+        image, box = hflip(image, box)
+        out_text = swap_left_right(text)
+    padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config)
+    return TransformedSample(
+        padded, mask, box_cxcywh, out_text, params.flipped, text_swapped=out_text != text
+    )
+
+
 class TrainTransform:
-    """TransVG's training augmentation (see the module docstring)."""
+    """TransVG's training augmentation (see the module docstring): draw the choices, then apply them."""
 
     def __init__(self, config: TransformConfig | None = None) -> None:
         self.config = config or TransformConfig()
@@ -244,22 +362,8 @@ class TrainTransform:
     def __call__(
         self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator
     ) -> TransformedSample:
-        config = self.config
-        image = _as_rgb(image)
-        box = _clipped_box(box_xyxy, image)
-        # A crop can change what "left" or "the middle one" refers to, so TransVG never crops those.
-        if rng.random() < config.crop_prob and not has_spatial_word(text):
-            image, box = resize_short_side(image, box, int(rng.choice(config.crop_short_sides)))
-            image, box = random_crop_keeping_box(image, box, config.crop_size_range, rng)
-        image, box = resize_long_side(image, box, int(rng.choice(config.scales)))
-        image = color_jitter(image, config.color_jitter, rng)
-        flipped = bool(rng.random() < config.flip_prob)
-        out_text = text
-        if flipped:
-            image, box = hflip(image, box)
-            out_text = swap_left_right(text)
-        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config)
-        return TransformedSample(padded, mask, box_cxcywh, out_text, flipped, text_swapped=out_text != text)
+        params = draw_augment_params(image.size, box_xyxy, text, self.config, rng)
+        return apply_augment_params(image, box_xyxy, text, params, self.config)
 
 
 class EvalTransform:
