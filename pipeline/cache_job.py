@@ -31,6 +31,16 @@ from pipeline.data import (
     validate_samples,
 )
 from pipeline.teacher import Teacher, TeacherConfig, build_teacher
+from pipeline.views import (
+    VIEW_PARAMS,
+    VIEW_ROW,
+    VIEWS,
+    ViewPlan,
+    ViewSpec,
+    embed_views,
+    params_table,
+    plan_views,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ class CacheJobConfig:
     image_shard_rows: int = 2048
     text_shard_rows: int = 8192
     progress: bool = True
+    views: ViewSpec | None = None  # exact-view mode: K embedded train-augmentation views per record
 
 
 @dataclass
@@ -170,6 +181,10 @@ def compute_shard(teacher: Teacher, task: ShardTask, config: CacheJobConfig) -> 
         values = embed_images(
             teacher, [Path(p) for p in task.items], config.batch_size, config.decode_workers
         )
+    elif task.table == VIEWS:
+        values = embed_views(teacher, task.items, config.views.transform)
+    elif task.table == VIEW_PARAMS:
+        values = params_table(task.items)
     else:
         values = embed_texts(teacher, list(task.items), config.batch_size)
     storage.write_shard(task.store, task.table, task.shard, values)
@@ -188,6 +203,12 @@ def build_cache(config: CacheJobConfig) -> Path:
     plan = plan_cache(config.dataset, config.data_root, config.skip_missing)
     teacher = build_teacher(config.teacher)
     fingerprint = fingerprint_for(teacher, plan, config.dtype)
+    view_plan = None
+    if config.views is not None:
+        # Only in exact-view stores: the fingerprints (and paths) of other stores stay as they were.
+        fingerprint["views"] = config.views.fingerprint()
+        image_row = plan.indices[f"{config.views.split}/image_row"]
+        view_plan = plan_views(config.dataset, config.data_root, image_row, config.views)
     out = config.out or default_store_path(config.dataset, fingerprint)
     tables = {
         IMAGES: storage.TableSpec(
@@ -209,17 +230,36 @@ def build_cache(config: CacheJobConfig) -> Path:
         "report": plan.report,
         "teacher_config": {"model": config.teacher.model, "pretrained": config.teacher.pretrained},
     }
+    keys = {IMAGES: plan.image_keys, TEXTS: plan.text_keys}
+    indices = dict(plan.indices)
+    index_tables = {name: IMAGES if name.endswith("image_row") else TEXTS for name in plan.indices}
+    if view_plan is not None:
+        tables[VIEWS] = storage.TableSpec(
+            rows=len(view_plan.keys),
+            row_shape=(config.views.count, teacher.embedding_dim),
+            dtype=config.dtype,
+            shard_rows=max(1, config.image_shard_rows // config.views.count),
+        )
+        tables[VIEW_PARAMS] = storage.TableSpec(
+            rows=len(view_plan.keys),
+            row_shape=view_plan.params.shape[1:],
+            dtype="float32",
+            shard_rows=tables[VIEWS].shard_rows,
+        )
+        keys[VIEWS] = keys[VIEW_PARAMS] = view_plan.keys
+        indices[f"{config.views.split}/{VIEW_ROW}"] = view_plan.view_row
+        index_tables[f"{config.views.split}/{VIEW_ROW}"] = VIEWS
     with storage.StoreWriter.open(
         out,
         fingerprint=fingerprint,
         tables=tables,
-        keys={IMAGES: plan.image_keys, TEXTS: plan.text_keys},
-        indices=plan.indices,
+        keys=keys,
+        indices=indices,
         extra=extra,
         force=config.force,
-        index_tables={name: IMAGES if name.endswith("image_row") else TEXTS for name in plan.indices},
+        index_tables=index_tables,
     ) as writer:
-        tasks = list(_pending_tasks(writer, out, plan))
+        tasks = list(_pending_tasks(writer, out, plan, view_plan))
         log.info("%s: %d shards to compute", out, len(tasks))
         if config.workers > 1 or config.scheduler:
             _run_on_dask(tasks, config)
@@ -229,8 +269,12 @@ def build_cache(config: CacheJobConfig) -> Path:
     return out
 
 
-def _pending_tasks(writer: storage.StoreWriter, out: Path, plan: CachePlan) -> Iterable[ShardTask]:
+def _pending_tasks(
+    writer: storage.StoreWriter, out: Path, plan: CachePlan, view_plan: ViewPlan | None = None
+) -> Iterable[ShardTask]:
     sources = {IMAGES: [str(p) for p in plan.image_paths], TEXTS: plan.text_keys}
+    if view_plan is not None:
+        sources[VIEWS] = sources[VIEW_PARAMS] = view_plan.items
     for table, items in sources.items():
         for shard in writer.pending_shards(table):
             start, stop = writer.shard_range(table, shard)

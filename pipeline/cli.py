@@ -66,12 +66,22 @@ def cache_build(
     force: bool = typer.Option(False, help="wipe a store with another fingerprint and start over"),
     image_shard_rows: int = typer.Option(2048),
     text_shard_rows: int = typer.Option(8192),
+    views: int = typer.Option(0, help="exact-view mode: embed K seeded train-augmentation views per record"),
+    view_student: str = typer.Option(
+        "transvg-r50", help="--views: the student preset whose transform is drawn"
+    ),
+    view_image_size: int | None = typer.Option(None, help="--views: the student's image size, if overridden"),
+    view_seed: int = typer.Option(0, help="--views: seed of the drawn views"),
 ) -> None:
     """Embed every image and expression of DATASET with the frozen teacher into a Zarr store."""
     from pipeline.cache_job import CacheJobConfig, build_cache
     from pipeline.teacher import TeacherConfig, TeacherWeightsError
+    from pipeline.views import ViewSpec, student_transform
 
     _setup_logging()
+    view_spec = (
+        ViewSpec(views, student_transform(view_student, view_image_size), view_seed) if views else None
+    )
     config = CacheJobConfig(
         dataset=dataset,
         data_root=data_root,
@@ -92,6 +102,7 @@ def cache_build(
         force=force,
         image_shard_rows=image_shard_rows,
         text_shard_rows=text_shard_rows,
+        views=view_spec,
     )
     try:
         path = build_cache(config)
@@ -121,8 +132,9 @@ def cache_fidelity(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """cos(cached [DIE], teacher on the exact augmented pixels the student sees), per augmentation."""
-    from pipeline.fidelity import FidelityConfig, format_fidelity, measure_fidelity, student_transform
+    from pipeline.fidelity import FidelityConfig, format_fidelity, measure_fidelity
     from pipeline.teacher import TeacherConfig, build_teacher
+    from pipeline.views import student_transform
 
     config = FidelityConfig(
         dataset=dataset,

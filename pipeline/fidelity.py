@@ -35,15 +35,6 @@ from pipeline.teacher import Teacher
 KINDS = ("none", "scale", "crop", "flip", "jitter", "all")
 
 
-def student_transform(student: str, image_size: int | None = None) -> TransformConfig:
-    """The train transform a student preset trains on (its size and its backbone's normalization)."""
-    from pipeline.engine.train import transform_config_for
-    from pipeline.student import student_preset
-
-    overrides = {"image_size": image_size} if image_size else {}
-    return transform_config_for(student_preset(student, **overrides))
-
-
 def kind_config(base: TransformConfig, kind: str) -> TransformConfig:
     """The train-transform config that applies only `kind` of `base`'s augmentations."""
     if kind == "all":

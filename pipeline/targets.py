@@ -16,7 +16,7 @@ import torch
 
 import storage
 
-IMAGES, TEXTS = "images", "texts"
+IMAGES, TEXTS, VIEWS, VIEW_PARAMS = "images", "texts", "views", "view_params"
 
 
 class TargetsMismatchError(ValueError):
@@ -29,22 +29,41 @@ class TeacherTargets:
 
     image_embeddings: torch.Tensor  # [N_img, 2, d]: variant 0 as is, 1 flipped
     text_embeddings: torch.Tensor  # [N_txt, d]
-    rows: dict[str, dict[str, torch.Tensor]]  # split -> image_row / text_row / text_swapped_row
+    rows: dict[str, dict[str, torch.Tensor]]  # split -> image_row / text_row / text_swapped_row (/ view_row)
     fingerprint: dict[str, Any]
+    # Exact-view stores (`cache build --views K`, see pipeline/views.py): [DIE] of K drawn views per record.
+    view_embeddings: torch.Tensor | None = None  # [N_rec, K, d]
+    view_params: np.ndarray | None = None  # [N_rec, K, 13] int64: each view's augmentation choices
 
     def lookup(
-        self, split: str, index: torch.Tensor, flipped: torch.Tensor, text_swapped: torch.Tensor
+        self,
+        split: str,
+        index: torch.Tensor,
+        flipped: torch.Tensor,
+        text_swapped: torch.Tensor,
+        view: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The variant matching each augmented sample: flipped image, left/right-swapped text."""
+        """The variant matching each augmented sample: flipped image (or the replayed `view`'s own
+        embedding), left/right-swapped text."""
         rows = self.rows[split]
-        image_row = rows["image_row"][index]
+        if view is not None:
+            if self.view_embeddings is None or "view_row" not in rows:
+                raise TargetsMismatchError(
+                    f"the batch replays stored views but the store has none for {split}"
+                )
+            image_row = rows["view_row"][index]
+        else:
+            image_row = rows["image_row"][index]
         text_row = torch.where(text_swapped, rows["text_swapped_row"][index], rows["text_row"][index])
         if bool((image_row < 0).any() or (text_row < 0).any()):
             raise TargetsMismatchError(
                 f"the store has no rows for some {split} samples (it skipped them); "
                 "train with --skip-missing too, or rebuild the cache"
             )
-        image = self.image_embeddings[image_row, flipped.long()]
+        if view is not None:
+            image = self.view_embeddings[image_row, view.long()]
+        else:
+            image = self.image_embeddings[image_row, flipped.long()]
         text = self.text_embeddings[text_row]
         return image.float(), text.float()
 
@@ -75,12 +94,20 @@ def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, A
         missing = [name for name in names if name not in store.index_names()]
         if missing:
             raise TargetsMismatchError(f"{path} has no index for split {split!r}")
+        if f"{split}/view_row" in store.index_names():
+            names.append(f"{split}/view_row")
         rows[split] = {
             name.split("/", 1)[1]: torch.from_numpy(store.load_index(name).astype(np.int64)) for name in names
         }
+    view_embeddings = view_params = None
+    if VIEWS in store.tables():
+        view_embeddings = torch.from_numpy(store.load_table(VIEWS))
+        view_params = np.rint(store.load_table(VIEW_PARAMS)).astype(np.int64)  # exact integers
     return TeacherTargets(
         image_embeddings=torch.from_numpy(store.load_table(IMAGES)),
         text_embeddings=torch.from_numpy(store.load_table(TEXTS)),
         rows=rows,
         fingerprint=store.fingerprint,
+        view_embeddings=view_embeddings,
+        view_params=view_params,
     )

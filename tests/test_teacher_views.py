@@ -18,8 +18,9 @@ from pipeline.data import EvalTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import OnlineTeacher
-from pipeline.fidelity import FidelityConfig, student_transform
+from pipeline.fidelity import FidelityConfig
 from pipeline.teacher import TeacherConfig, build_teacher
+from pipeline.views import student_transform
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")

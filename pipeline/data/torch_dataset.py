@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -12,9 +12,15 @@ from torch.utils.data import Dataset
 
 from pipeline.data.errors import MissingImagesError
 from pipeline.data.sample import Sample
-from pipeline.data.transforms import Transform
+from pipeline.data.transforms import Transform, TransformedSample
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class ViewSource(Protocol):
+    """Stored augmentation choices: the view a record gets in an epoch, and that view's number."""
+
+    def __call__(self, image: Image.Image, sample: Sample, epoch: int) -> tuple[TransformedSample, int]: ...
 
 
 def open_rgb(sample: Sample) -> Image.Image:
@@ -41,6 +47,8 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
+        # Exact-view mode (pipeline/views.py): the store's augmentation choices replace `transform`.
+        self.views: ViewSource | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -51,9 +59,13 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         epoch, index = divmod(position, len(self.samples))
         sample = self.samples[index]
         image = open_rgb(sample)
-        rng = np.random.default_rng((self.seed, epoch, index))
-        out = self.transform(image, sample.box_xyxy, sample.text, rng)
-        return {
+        view = None
+        if self.views is not None:
+            out, view = self.views(image, sample, epoch)
+        else:
+            rng = np.random.default_rng((self.seed, epoch, index))
+            out = self.transform(image, sample.box_xyxy, sample.text, rng)
+        item = {
             "pixels": out.pixels,
             "pixel_mask": out.pixel_mask,
             "box": out.box_cxcywh,
@@ -64,6 +76,9 @@ class GroundingDataset(Dataset[dict[str, Any]]):
             "box_xyxy": torch.tensor(sample.box_xyxy, dtype=torch.float32),
             "image_size": image.size,
         }
+        if view is not None:
+            item["view"] = view
+        return item
 
 
 def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> dict[str, Any]:
@@ -79,7 +94,7 @@ def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> di
             f"tokenize returned ids {tuple(token_ids.shape)} and mask {tuple(token_mask.shape)} "
             f"for a batch of {len(batch)} texts"
         )
-    return {
+    collated = {
         "pixels": torch.stack([item["pixels"] for item in batch]),
         "pixel_mask": torch.stack([item["pixel_mask"] for item in batch]),
         "box": torch.stack([item["box"] for item in batch]),
@@ -92,6 +107,9 @@ def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> di
         "token_ids": token_ids,
         "token_mask": token_mask,
     }
+    if "view" in batch[0]:  # exact-view mode: which stored view each sample is
+        collated["view"] = torch.tensor([item["view"] for item in batch], dtype=torch.long)
+    return collated
 
 
 class GroundingCollate:

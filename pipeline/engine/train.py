@@ -156,6 +156,16 @@ class OnlineTeacher:
         return image, text
 
 
+def view_replay(targets: Any, config: TrainConfig, transform: TransformConfig) -> Any:
+    """An exact-view store: the student replays the views the teacher embedded (after checking that the
+    store drew them with this run's train transform)."""
+    from pipeline.views import ViewReplay, check_views
+
+    check_views(targets.fingerprint["views"], transform, config.train_split, config.cache)
+    view_row = targets.rows[config.train_split]["view_row"].numpy()
+    return ViewReplay(targets.view_params, view_row, transform)
+
+
 def _train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate) -> DataLoader:
     """The run's one training loader; its workers persist across epochs (the sampler carries the epoch)."""
     return DataLoader(
@@ -210,6 +220,8 @@ class Trainer:
             self.targets = load_targets(
                 config.cache, [config.train_split], dataset_fingerprint(config.dataset, config.data_root)
             )
+            if self.targets.view_params is not None and config.augment:
+                self.train_set.views = view_replay(self.targets, config, self.transform_config)
         elif config.distill == "online":
             mean_std = (self.transform_config.mean, self.transform_config.std)
             self.online_teacher = OnlineTeacher(config, self.device, mean_std)
@@ -365,7 +377,11 @@ class Trainer:
     def teacher_targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.targets is not None:
             image, text = self.targets.lookup(
-                self.config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
+                self.config.train_split,
+                batch["index"],
+                batch["flipped"],
+                batch["text_swapped"],
+                batch.get("view"),
             )
             return image.to(self.device, non_blocking=True), text.to(self.device, non_blocking=True)
         if self.online_teacher is not None:

@@ -1,0 +1,198 @@
+"""Issue #12, exact-view mode: `cache build --views K` embeds K drawn train views per record and the
+trainer replays view (epoch mod K), so the cached target is the teacher's embedding of the student's
+own pixels."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pipeline.cache_job as job_module
+import storage
+from pipeline.cache_job import CacheJobConfig, build_cache
+from pipeline.data import TrainTransform, TransformConfig, make_shapes
+from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_augment_params
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.train import OnlineTeacher, Trainer, student_config_for, transform_config_for
+from pipeline.teacher import TeacherConfig
+from pipeline.views import VIEW_PARAMS, VIEWS, ViewsMismatchError, ViewSpec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+K = 2
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=10, seed=0, image_size=96)
+    return root
+
+
+def run_config(shapes_root: Path, store: Path | None, out: Path, **changes) -> TrainConfig:
+    settings = dict(
+        dataset="shapes",
+        data_root=shapes_root,
+        out=out,
+        student="tiny",
+        student_overrides={"image_size": 64},
+        distill="cached",
+        cache=store,
+        epochs=2,
+        lr_drop=2,
+        batch_size=4,
+        max_samples=6,
+        workers=0,
+        progress=False,
+        gallery_size=2,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def run_transform(shapes_root: Path) -> TransformConfig:
+    """The train transform of `run_config`'s student."""
+    return transform_config_for(student_config_for(run_config(shapes_root, None, Path(), distill="none")))
+
+
+def job(shapes_root: Path, out: Path, **changes) -> CacheJobConfig:
+    transform = run_transform(shapes_root)
+    settings = dict(
+        dataset="shapes",
+        data_root=shapes_root,
+        teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
+        out=out,
+        dtype="float32",
+        decode_workers=0,
+        progress=False,
+        image_shard_rows=8,  # views shards of 4 records: several, so an interruption can fall between them
+        views=ViewSpec(K, transform, seed=0),
+    )
+    return CacheJobConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def views_store(shapes_root, tmp_path_factory) -> Path:
+    return build_cache(job(shapes_root, tmp_path_factory.mktemp("cache") / "store"))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def test_augment_params_replay_the_train_transform(shapes_root):
+    """Without colour jitter (whose factors the row keeps in millionths) a stored row gives the
+    transform's exact pixels; with it, the cache and the trainer both apply the stored row."""
+    transform = replace(run_transform(shapes_root), color_jitter=0)
+    path = sorted((shapes_root / "images").rglob("*.jpg"))[0]
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    for seed in range(6):
+        box, text = [20.0, 30.0, 60.0, 70.0], "the red circle"
+        direct = TrainTransform(transform)(rgb, box, text, np.random.default_rng(seed))
+        params = draw_augment_params(rgb.size, box, text, transform, np.random.default_rng(seed))
+        replayed = apply_augment_params(rgb, box, text, AugmentParams.from_row(params.to_row()), transform)
+        assert torch.equal(direct.pixels, replayed.pixels) and torch.equal(
+            direct.box_cxcywh, replayed.box_cxcywh
+        )
+        assert direct.flipped == replayed.flipped and direct.text == replayed.text
+
+
+def test_replayed_views_are_what_the_teacher_embedded(shapes_root, views_store, tmp_path):
+    config = run_config(shapes_root, views_store, tmp_path / "run")
+    trainer = Trainer(config)
+    assert trainer.train_set.views is not None, "the trainer must pick exact-view mode from the store"
+    online_config = replace(
+        config,
+        distill="online",
+        cache=None,
+        teacher_model=TINY_TEACHER,
+        teacher_pretrained="none",
+        allow_random_teacher=True,
+    )
+    transform = trainer.transform_config
+    online = OnlineTeacher(online_config, torch.device("cpu"), (transform.mean, transform.std))
+    n = len(trainer.train_set)
+    plain_cos, pixels_by_epoch = [], []
+    for epoch in range(K):
+        batch = trainer.collate([trainer.train_set[epoch * n + i] for i in range(n)])
+        assert bool((batch["view"] == epoch % K).all())
+        cached_image, cached_text = trainer.teacher_targets(batch)
+        online_image, online_text = online(batch["pixels"], batch["pixel_mask"], batch["text"])
+        cos = _cos(cached_image, online_image)
+        assert bool((cos >= 0.9999).all()), f"epoch {epoch}: {cos.tolist()}"
+        assert bool((_cos(cached_text, online_text) >= 0.9999).all())  # the flip's text swap follows
+        plain = trainer.targets.lookup(
+            config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
+        )
+        plain_cos.append(_cos(plain[0], online_image))
+        pixels_by_epoch.append(batch["pixels"])
+    assert not torch.equal(pixels_by_epoch[0], pixels_by_epoch[1]), "two views must differ"
+    # The whole-image rows do not match the augmented pixels: the test can tell the modes apart.
+    assert float(torch.cat(plain_cos).min()) < 0.9999
+
+
+def test_a_run_with_another_transform_is_refused(shapes_root, views_store, tmp_path):
+    config = run_config(shapes_root, views_store, tmp_path / "run", student_overrides={"image_size": 96})
+    with pytest.raises(ViewsMismatchError, match="image_size: store 64 vs run 96"):
+        Trainer(config)
+
+
+def test_no_augment_run_uses_the_whole_image_rows(shapes_root, views_store, tmp_path):
+    trainer = Trainer(run_config(shapes_root, views_store, tmp_path / "run", augment=False))
+    assert trainer.train_set.views is None and "view" not in trainer.collate([trainer.train_set[0]])
+
+
+def _assert_same_views(a: Path, b: Path) -> None:
+    first, second = storage.FeatureStore.open(a), storage.FeatureStore.open(b)
+    assert first.fingerprint == second.fingerprint
+    assert {VIEWS, VIEW_PARAMS} <= set(first.tables())
+    for table in first.tables():
+        assert np.array_equal(first.load_table(table), second.load_table(table)), table
+    for name in first.index_names():
+        assert np.array_equal(first.load_index(name), second.load_index(name)), name
+
+
+def test_views_store_resumes_verifies_and_round_trips_hdf5(shapes_root, views_store, tmp_path, monkeypatch):
+    report = storage.verify_store(views_store)
+    assert report.ok, report.problems
+    assert VIEWS in storage.FeatureStore.open(views_store).tables()
+
+    out = tmp_path / "interrupted"
+    real, views_written = storage.write_shard, []
+
+    def dying_write(path, table, shard, values):
+        real(path, table, shard, values)
+        views_written.append(table == VIEWS)
+        if sum(views_written) == 2:
+            raise KeyboardInterrupt("killed between two views shards")
+
+    monkeypatch.setattr(job_module.storage, "write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(job(shapes_root, out))
+    monkeypatch.setattr(job_module.storage, "write_shard", real)
+    with pytest.raises(storage.IncompleteStoreError):
+        storage.FeatureStore.open(out)
+    build_cache(job(shapes_root, out))
+    assert storage.verify_store(out).ok
+    _assert_same_views(out, views_store)
+
+    storage.export_hdf5(views_store, tmp_path / "store.h5")
+    storage.import_hdf5(tmp_path / "store.h5", tmp_path / "back")
+    assert storage.verify_store(tmp_path / "back").ok
+    _assert_same_views(tmp_path / "back", views_store)
+
+
+def test_views_on_two_dask_workers_equal_one_worker(shapes_root, views_store, tmp_path):
+    _assert_same_views(build_cache(job(shapes_root, tmp_path / "store", workers=2)), views_store)
+
+
+def test_a_store_with_other_views_is_not_resumed_into(shapes_root, views_store, tmp_path):
+    """The transform config is in the fingerprint: another --views setting is another store."""
+    other = job(shapes_root, views_store)
+    other = replace(other, views=replace(other.views, seed=1))
+    with pytest.raises(storage.FingerprintMismatchError):
+        build_cache(other)
