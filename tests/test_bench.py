@@ -62,3 +62,20 @@ def test_epoch_bench_times_persistent_and_restarted_workers_side_by_side(tmp_pat
     assert set(report["results"]) == {"persistent workers", "workers restarted each epoch"}
     assert report["train_samples"] > report["batch_size"] and report["val_samples"] > 0
     assert all(row["later_epoch_s_median"] > 0 for row in report["results"].values())
+
+
+def test_views_bench_reports_size_and_time_per_k(tmp_path):
+    data = tmp_path / "data"
+    from pipeline.data import make_shapes
+
+    make_shapes(data, n=6, seed=0, image_size=64)
+    report = run_bench(
+        "bench.views_bench",
+        *("shapes", "--data-root", str(data), "--teacher", TINY_TEACHER, "--student", "tiny"),
+        *("--views", "0,2", "--workdir", str(tmp_path)),
+        cwd=REPO,
+    )
+    no_views, two = report["results"]["0"], report["results"]["2"]
+    assert no_views["view_embeddings"] == 0 and no_views["views_mb"] == 0
+    assert two["view_embeddings"] == 2 * two["records_with_views"] > 0
+    assert two["store_mb"] > no_views["store_mb"]
