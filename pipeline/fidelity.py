@@ -93,7 +93,7 @@ def cached_targets(teacher: Teacher, records: list[Sample], config: FidelityConf
     targets = load_targets(
         config.store, [config.split], dataset_fingerprint(config.dataset, config.data_root)
     )
-    stored = {k: v for k, v in targets.fingerprint.items() if k not in ("dtype", "dataset")}
+    stored = {k: v for k, v in targets.fingerprint.items() if k not in ("dtype", "dataset", "views")}
     if stored != teacher.fingerprint():
         raise TargetsMismatchError(
             f"{config.store} was made by another teacher or preprocessing than the one given: "

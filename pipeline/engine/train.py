@@ -145,6 +145,8 @@ class OnlineTeacher:
         self, pixels: torch.Tensor, pixel_mask: torch.Tensor, texts: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The cache's own preprocessing (centred letterbox of the un-padded image), on the student's pixels.
+        # It runs per image on the CPU (PIL, as the cache does): the online mode is a comparison mode,
+        # and being the same function as the cache's is what makes the comparison fair.
         clip_pixels = self.teacher.preprocess_student_pixels(
             pixels.cpu(), pixel_mask.cpu(), self.student_mean_std[0], self.student_mean_std[1]
         ).to(self.device)
