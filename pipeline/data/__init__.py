@@ -18,6 +18,7 @@ from pipeline.data.datasets import (
     file_sha256,
     is_jsonl_dataset,
     load_split,
+    max_query_len,
 )
 from pipeline.data.errors import (
     DataError,
@@ -84,6 +85,7 @@ __all__ = [
     "load_pickle",
     "load_split",
     "make_shapes",
+    "max_query_len",
     "normalize_expression",
     "open_rgb",
     "select_samples",

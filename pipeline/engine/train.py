@@ -29,8 +29,8 @@ from pipeline.data import (
     GroundingDataset,
     TrainTransform,
     TransformConfig,
-    dataset_spec,
     load_split,
+    max_query_len,
     select_samples,
     validate_samples,
 )
@@ -73,8 +73,8 @@ class RunState:
 
 
 def student_config_for(config: TrainConfig) -> StudentConfig:
-    spec = dataset_spec(config.dataset)
-    overrides = {"max_query_len": spec.max_query_len, **config.student_overrides}
+    # A JSON-lines file is not in the registry: `max_query_len` knows both kinds of dataset.
+    overrides = {"max_query_len": max_query_len(config.dataset), **config.student_overrides}
     return student_preset(config.student, **overrides)
 
 
