@@ -23,6 +23,7 @@ from pipeline.data.datasets import (
 from pipeline.data.errors import (
     DataError,
     DataProblemsError,
+    ImagePathOutsideRootError,
     MissingImagesError,
     SplitFormatError,
     SplitNotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "DataProblemsError",
     "DatasetSpec",
     "EvalTransform",
+    "ImagePathOutsideRootError",
     "GroundingCollate",
     "GroundingDataset",
     "MissingImagesError",
