@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 import storage
+from pipeline.cli_errors import one_line_errors
 from pipeline.data.cli import app as data_app
 
 app = typer.Typer(no_args_is_help=True, help="Visual grounding with cross-modal distillation (EpmVG).")
@@ -46,6 +47,7 @@ def _setup_logging() -> None:
 
 
 @cache_app.command("build")
+@one_line_errors
 def cache_build(
     dataset: str = typer.Argument(..., help="refcoco, refcoco+, refcocog, ..., shapes, or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -69,7 +71,7 @@ def cache_build(
 ) -> None:
     """Embed every image and expression of DATASET with the frozen teacher into a Zarr store."""
     from pipeline.cache_job import CacheJobConfig, build_cache
-    from pipeline.teacher import TeacherConfig, TeacherWeightsError
+    from pipeline.teacher import TeacherConfig
 
     _setup_logging()
     config = CacheJobConfig(
@@ -93,15 +95,12 @@ def cache_build(
         image_shard_rows=image_shard_rows,
         text_shard_rows=text_shard_rows,
     )
-    try:
-        path = build_cache(config)
-    except (TeacherWeightsError, storage.StoreError, FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    path = build_cache(config)
     typer.echo(f"store complete: {path}")
 
 
 @cache_app.command("info")
+@one_line_errors
 def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarize a store: fingerprint, tables, shards done, indices."""
     info = storage.store_info(store)
@@ -114,6 +113,7 @@ def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> No
 
 
 @cache_app.command("verify")
+@one_line_errors
 def cache_verify(store: Path) -> None:
     """Recompute every shard checksum; fail on unwritten, NaN or out-of-range rows."""
     report = storage.verify_store(store)
@@ -125,6 +125,7 @@ def cache_verify(store: Path) -> None:
 
 
 @cache_app.command("export")
+@one_line_errors
 def cache_export(store: Path, h5: Path = typer.Option(..., "--h5", help="HDF5 file to write")) -> None:
     """Write the store as one HDF5 file (manifest in its attributes)."""
     storage.export_hdf5(store, h5)
@@ -132,6 +133,7 @@ def cache_export(store: Path, h5: Path = typer.Option(..., "--h5", help="HDF5 fi
 
 
 @cache_app.command("import")
+@one_line_errors
 def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Option(..., "--out")) -> None:
     """Recreate a store from an exported HDF5 file."""
     storage.import_hdf5(h5, store)
@@ -139,6 +141,7 @@ def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Optio
 
 
 @teacher_app.command("train")
+@one_line_errors
 def teacher_train(
     dataset: str = typer.Argument(..., help="dataset name (e.g. shapes) or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -162,8 +165,6 @@ def teacher_train(
     The checkpoint feeds the cache: `epmvg cache build DATASET --teacher OUT/<config>.json --pretrained
     OUT/teacher.safetensors`.
     """
-    from pipeline.data import DataError
-    from pipeline.teacher import TeacherWeightsError
     from pipeline.teacher_training import TeacherTrainingConfig, format_retrieval_table, train_teacher
 
     _setup_logging()
@@ -178,11 +179,7 @@ def teacher_train(
         skip_missing=skip_missing,
         **{name: value for name, value in given.items() if value is not None},
     )
-    try:
-        report = train_teacher(config)
-    except (DataError, TeacherWeightsError, FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    report = train_teacher(config)
     typer.echo(format_retrieval_table(report))
     stopped = " (stopped early by --max-seconds)" if report["stopped_early"] else ""
     typer.echo(f"trained {report['steps']} steps in {report['train_seconds']} s{stopped}")
@@ -192,6 +189,7 @@ def teacher_train(
 
 
 @app.command("train")
+@one_line_errors
 def train(
     dataset: str = typer.Argument(..., help="dataset name (see `epmvg data inspect`) or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -255,8 +253,7 @@ def train(
     try:
         overrides = parse_field_assignments(student_set)
     except ValueError as error:
-        typer.secho(f"error: --student-set: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+        raise ValueError(f"--student-set: {error}") from error  # name the option; reported by one_line_errors
     if image_size:
         overrides["image_size"] = image_size
     if detr_weights is not None:
@@ -271,53 +268,50 @@ def train(
         text_term=text_term,
         cell_weight=cell_weight,
     )
-    try:
-        config = TrainConfig(
-            dataset=dataset,
-            data_root=data_root,
-            out=out,
-            student=student,
-            student_overrides=overrides,
-            distill=distill,
-            cache=cache,
-            teacher_model=teacher,
-            teacher_pretrained=pretrained,
-            allow_random_teacher=allow_random_teacher,
-            teacher_trainable=teacher_trainable,
-            loss=loss,
-            epochs=epochs,
-            lr_drop=lr_drop,
-            batch_size=batch_size,
-            lr=lr,
-            lr_pretrained=lr_pretrained,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            clip_grad=clip_grad,
-            augment=augment,
-            precompute_frozen=precompute_frozen,
-            blank_text=blank_text,
-            workers=workers,
-            persistent_workers=persistent_workers,
-            seed=seed,
-            device=device,
-            max_samples=max_samples,
-            skip_missing=skip_missing,
-            resume=resume,
-            compile=compile,
-            sync_every=sync_every,
-        )
-        if ablations:
-            results = run_ablations(config)
-            if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
-                typer.echo(f"results: {results}")
-        else:
-            run_training(config)
-    except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    config = TrainConfig(
+        dataset=dataset,
+        data_root=data_root,
+        out=out,
+        student=student,
+        student_overrides=overrides,
+        distill=distill,
+        cache=cache,
+        teacher_model=teacher,
+        teacher_pretrained=pretrained,
+        allow_random_teacher=allow_random_teacher,
+        teacher_trainable=teacher_trainable,
+        loss=loss,
+        epochs=epochs,
+        lr_drop=lr_drop,
+        batch_size=batch_size,
+        lr=lr,
+        lr_pretrained=lr_pretrained,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        clip_grad=clip_grad,
+        augment=augment,
+        precompute_frozen=precompute_frozen,
+        blank_text=blank_text,
+        workers=workers,
+        persistent_workers=persistent_workers,
+        seed=seed,
+        device=device,
+        max_samples=max_samples,
+        skip_missing=skip_missing,
+        resume=resume,
+        compile=compile,
+        sync_every=sync_every,
+    )
+    if ablations:
+        results = run_ablations(config)
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
+            typer.echo(f"results: {results}")
+    else:
+        run_training(config)
 
 
 @app.command("eval")
+@one_line_errors
 def evaluate(
     checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
     data_root: Path = DATA_ROOT,
@@ -336,6 +330,7 @@ def evaluate(
 
 
 @app.command("diagnose")
+@one_line_errors
 def diagnose(
     checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
     data_root: Path = DATA_ROOT,
@@ -346,15 +341,12 @@ def diagnose(
     """Does the student read the image? Box spread over images vs texts, and [REG]'s attention split."""
     from pipeline.engine.diagnose import diagnose_checkpoint
 
-    try:
-        report = diagnose_checkpoint(checkpoint, data_root, split, samples, skip_missing)
-    except (ValueError, FileNotFoundError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    report = diagnose_checkpoint(checkpoint, data_root, split, samples, skip_missing)
     typer.echo(json.dumps(report, indent=2))
 
 
 @app.command("predict")
+@one_line_errors
 def predict(
     checkpoint: Path = typer.Option(...),
     image: Path = typer.Option(...),
@@ -373,6 +365,7 @@ def predict(
 
 
 @app.command("demo")
+@one_line_errors
 def demo(
     out: Path = typer.Option(Path("demo"), help="folder for data, cache, run and report"),
     quick: bool = typer.Option(False, help="a seconds-long smoke version (tests)"),
@@ -386,6 +379,7 @@ def demo(
 
 
 @app.command("ablations")
+@one_line_errors
 def ablations(
     dataset: str = typer.Argument("shapes"),
     data_root: Path = DATA_ROOT,

@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 
 from pipeline.data import file_sha256
+from pipeline.errors import ExpectedError
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
 RANDOM_TEACHER_SEED = 0
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(ExpectedError, RuntimeError):
     """The teacher's weights cannot be had (offline, wrong tag, missing file)."""
 
 

@@ -48,6 +48,7 @@ from pipeline.engine.distributed import (
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
 from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
 from pipeline.engine.plots import plot_curves, plot_gallery
+from pipeline.errors import ExpectedError
 from pipeline.losses import grounding_loss
 from pipeline.student import (
     StudentConfig,
@@ -60,7 +61,7 @@ from pipeline.student import (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ExpectedError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
