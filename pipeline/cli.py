@@ -15,6 +15,14 @@ import typer
 
 import storage
 from pipeline.cli_errors import one_line_errors
+from pipeline.cli_options import (
+    AUTO_DEVICE,
+    bounded_workers,
+    check_out_dir,
+    check_out_file,
+    resolve_device,
+    usable_cpus,
+)
 from pipeline.data.cli import app as data_app
 
 app = typer.Typer(no_args_is_help=True, help="Visual grounding with cross-modal distillation (EpmVG).")
@@ -27,16 +35,12 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(teacher_app, name="teacher")
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _default_workers(cap: int = 4) -> int:
     """Up to `cap` loader processes, but no more than the CPUs this process may use (torch warns past it)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(cap, usable)
+    return min(cap, usable_cpus())
+
+
+DEVICE = typer.Option(AUTO_DEVICE, help="auto (CUDA when a GPU is visible, else CPU), cpu, cuda or cuda:N")
 
 
 DATA_ROOT = typer.Option(Path("../shared/data"), "--data-root", help="folder with splits/ and images/")
@@ -56,7 +60,7 @@ def cache_build(
     pretrained: str = typer.Option("openai", help="open_clip tag, local checkpoint file, or 'none'"),
     allow_random_teacher: bool = typer.Option(False, help="allow --pretrained none (tests only)"),
     teacher_crop: str = typer.Option("letterbox", help="letterbox (whole image) or center (CLIP's crop)"),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     dtype: str = typer.Option("float16", help="float16 or float32"),
     batch_size: int = typer.Option(256),
     decode_workers: int = typer.Option(
@@ -74,6 +78,11 @@ def cache_build(
     from pipeline.teacher import TeacherConfig
 
     _setup_logging()
+    device = resolve_device(device)
+    decode_workers = bounded_workers(decode_workers, "--decode-workers")
+    workers = max(1, bounded_workers(workers, "--workers"))
+    if out is not None:
+        check_out_dir(out)
     config = CacheJobConfig(
         dataset=dataset,
         data_root=data_root,
@@ -168,6 +177,7 @@ def teacher_train(
     from pipeline.teacher_training import TeacherTrainingConfig, format_retrieval_table, train_teacher
 
     _setup_logging()
+    check_out_dir(out)
     given = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr}
     config = TeacherTrainingConfig(
         dataset=dataset,
@@ -229,7 +239,7 @@ def train(
     pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
     allow_random_teacher: bool = typer.Option(False),
     teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     workers: int = typer.Option(_default_workers(), help="data-loading processes (default: up to 4)"),
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
@@ -250,6 +260,9 @@ def train(
     from pipeline.student import parse_field_assignments
 
     _setup_logging()
+    check_out_dir(out)
+    device = resolve_device(device)
+    workers = bounded_workers(workers, "--workers")
     try:
         overrides = parse_field_assignments(student_set)
     except ValueError as error:
@@ -318,13 +331,14 @@ def evaluate(
     dataset: str | None = typer.Option(None, help="default: the checkpoint's"),
     splits: list[str] = typer.Option([], "--split", help="default: every split but train"),
     batch_size: int = typer.Option(64),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     skip_missing: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Acc@0.5 and mean IoU per split for a checkpoint."""
     from pipeline.engine.evaluate import evaluate_checkpoint, format_table
 
+    device = resolve_device(device)
     results = evaluate_checkpoint(checkpoint, data_root, dataset, splits, batch_size, device, skip_missing)
     typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
 
@@ -352,13 +366,14 @@ def predict(
     image: Path = typer.Option(...),
     text: str = typer.Option(...),
     out: Path = typer.Option(Path("pred.png")),
-    device: str = typer.Option("cpu"),
+    device: str = DEVICE,
 ) -> None:
     """Ground TEXT in IMAGE and draw the predicted box."""
     from pipeline.engine.evaluate import load_student, predict_image
     from pipeline.engine.plots import plot_prediction
 
-    model, _, _ = load_student(checkpoint, device)
+    check_out_file(out)
+    model, _, _ = load_student(checkpoint, resolve_device(device))
     box = predict_image(model, image, text)
     plot_prediction(image, text, box, out)
     typer.echo(json.dumps({"box_xyxy": [round(v, 1) for v in box], "out": str(out)}))
@@ -388,7 +403,7 @@ def ablations(
     student: str = typer.Option("transvg-r50"),
     epochs: int | None = typer.Option(None),
     batch_size: int = typer.Option(64),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
 ) -> None:
     """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache.
@@ -402,6 +417,7 @@ def ablations(
     from pipeline.engine.config import TrainConfig
 
     _setup_logging()
+    device = resolve_device(device)
     if dataset == "shapes" and not (data_root / "splits" / "shapes").is_dir():
         data_root = ensure_shapes(out / "data", images=60 if quick else 600, seed=0)
     if cache is None:

@@ -19,9 +19,9 @@ from typing import Any
 import huggingface_hub
 import open_clip
 import torch
-from PIL import Image
 
 from pipeline.data import file_sha256
+from pipeline.data.images import read_rgb
 from pipeline.errors import ExpectedError
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
@@ -189,12 +189,10 @@ class Teacher:
 
     def load_image(self, path: Path) -> torch.Tensor:
         """Decode and preprocess one image to the teacher's input tensor [3, S, S]."""
-        with Image.open(path) as image:
-            if self.config.jpeg_draft:
-                # JPEG DCT scaling decodes at 1/2..1/8 size for far less work; the result still
-                # covers the teacher's input size, so only the resampling filter's input changes.
-                image.draft("RGB", (self.image_size, self.image_size))
-            return self.image_transform(image.convert("RGB"))
+        # JPEG DCT scaling decodes at 1/2..1/8 size for far less work; the result still covers the
+        # teacher's input size, so only the resampling filter's input changes.
+        draft = (self.image_size, self.image_size) if self.config.jpeg_draft else None
+        return self.image_transform(read_rgb(path, draft_size=draft))
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,10 @@ class TrainConfig:
         default_epochs, default_drop = paper_schedule(self.dataset)
         if self.epochs is None:
             self.epochs = default_epochs
+        if self.epochs < 1:  # 0 would "finish" at once with no checkpoint; -1 the same, more confusingly
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.lr_drop is None:
             self.lr_drop = default_drop if self.epochs == default_epochs else max(1, (2 * self.epochs) // 3)
 

@@ -94,28 +94,30 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """The student of a checkpoint with its weights, plus the student and train configs it carries."""
-    from pipeline.engine.checkpoint import load_checkpoint
+    from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
     from pipeline.student import StudentConfig, build_student
 
     payload = load_checkpoint(checkpoint)
-    student_config = StudentConfig.from_dict(payload["student_config"])
-    model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
-    model.load_state_dict(payload["model"])
+    try:
+        student_config = StudentConfig.from_dict(payload["student_config"])
+        model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
+        model.load_state_dict(payload["model"])
+    except (TypeError, KeyError, RuntimeError) as exc:  # a payload with the right keys but wrong contents
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{checkpoint}: its student cannot be rebuilt ({first_line})") from exc
     return model.to(device).eval(), payload["student_config"], payload["train_config"]
 
 
 @torch.no_grad()
 def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[float, float, float, float]:
     """The box (pixels xyxy) the student grounds `text` to in one image."""
-    from PIL import Image
-
     from pipeline.data import EvalTransform
+    from pipeline.data.images import read_rgb
     from pipeline.engine.train import transform_config_for
     from pipeline.student import build_tokenizer, tokenize
 
     config = model.config
-    with Image.open(image_path) as image:
-        rgb = image.convert("RGB")
+    rgb = read_rgb(image_path)
     sample = EvalTransform(transform_config_for(config))(
         rgb, (0.0, 0.0, 1.0, 1.0), text, np.random.default_rng(0)
     )
