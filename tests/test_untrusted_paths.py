@@ -5,13 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_checkpoint
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.data import ImagePathOutsideRootError, load_pickle, load_split, make_shapes, write_split_file
-from pipeline.engine.checkpoint import save_checkpoint
-from pipeline.engine.config import TrainConfig
-from pipeline.student import build_student, student_preset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -80,22 +78,6 @@ def test_a_jsonl_line_leaving_its_folder_is_refused(tmp_path):
         load_split(str(root / "custom.jsonl"), "val")
 
 
-def tiny_checkpoint(path: Path, root: Path) -> Path:
-    """A tiny student's checkpoint, no training: eval only needs weights and the run's config."""
-    student_config = student_preset("tiny", image_size=64)
-    model = build_student(student_config, pretrained=False)
-    train_config = TrainConfig(dataset="shapes", data_root=root, distill="none", student="tiny")
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "student_config": student_config.to_dict(),
-            "train_config": train_config.to_dict(),
-        },
-    )
-    return path
-
-
 @pytest.mark.parametrize("poison", [dotdot, symlink], ids=["dotdot", "symlink"])
 @pytest.mark.parametrize("command", ["data inspect", "cache build", "train", "eval"])
 def test_every_command_refuses_the_record_the_same_way(tmp_path, poison, command):
@@ -137,7 +119,7 @@ def test_every_command_refuses_the_record_the_same_way(tmp_path, poison, command
         "eval": [
             "eval",
             "--checkpoint",
-            str(tiny_checkpoint(tmp_path / "ck.pt", root)),
+            str(write_tiny_checkpoint(tmp_path / "ck.pt", root)),
             "--data-root",
             str(root),
             "--split",

@@ -52,16 +52,22 @@ def read_rgb(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Ima
     """The image at `path`, decoded, in RGB; `BadImageError` for oversized or cut-short files.
 
     `draft_size`: let a JPEG decode at 1/2..1/8 scale while still covering that size (PIL's draft).
-    FileNotFoundError and PIL's own errors (not an image, truncated without an end marker) pass
-    through as the OSErrors they are.
+    A missing file stays a FileNotFoundError; every other failure (not an image, truncated without
+    an end marker) becomes a `BadImageError` naming the file.
     """
-    with Image.open(path) as image:
-        check_declared_size(path, image.size)
-        declared_width = image.size[0]
-        is_jpeg = image.format == "JPEG"
-        if is_jpeg and draft_size is not None:
-            image.draft("RGB", draft_size)
-        rgb = image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            check_declared_size(path, image.size)
+            declared_width = image.size[0]
+            is_jpeg = image.format == "JPEG"
+            if is_jpeg and draft_size is not None:
+                image.draft("RGB", draft_size)
+            rgb = image.convert("RGB")
+    except (FileNotFoundError, BadImageError):
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # PIL's messages ("image file is truncated") do not say which file: ours must.
+        raise BadImageError(f"{path}: cannot be decoded ({type(exc).__name__}: {exc})") from exc
     block = max(1, round(_ZERO_BLOCK * rgb.size[0] / declared_width))  # a block shrinks with the draft
     if is_jpeg and ends_in_zero_blocks(rgb, block):
         raise BadImageError(
