@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.checkpoint import LAST
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, shutdown_distributed
 from pipeline.engine.train import Trainer
@@ -35,7 +36,10 @@ def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any]) -> Tr
     loss = replace(base.loss, **changes.get("loss", {}))
     slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
     updates = {key: value for key, value in changes.items() if key != "loss"}
-    return replace(base, loss=loss, out=Path(base.out) / slug, **updates)
+    out = Path(base.out) / slug
+    # A grid resumed after a crash: variants that never saved a checkpoint start afresh.
+    resume = base.resume and (out / LAST).is_file()
+    return replace(base, loss=loss, out=out, resume=resume, **updates)
 
 
 def run_ablations(base: TrainConfig) -> Path:

@@ -42,12 +42,14 @@ from pipeline.engine.distributed import (
     EpochSampler,
     EvalShardSampler,
     all_reduce_mean,
+    gather_objects,
     init_distributed,
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
 from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
-from pipeline.engine.plots import plot_curves, plot_gallery
+from pipeline.engine.plots import plot_curves, plot_gallery, read_metrics
+from pipeline.engine.resume import check_resume
 from pipeline.errors import ExpectedError
 from pipeline.losses import grounding_loss
 from pipeline.student import (
@@ -189,8 +191,9 @@ class Trainer:
         self.device = torch.device(
             f"cuda:{self.env.local_rank}" if config.device.startswith("cuda") else config.device
         )
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same on every rank: the frozen tables and DDP's start agree
         self.out = Path(config.out)
+        self.resume_payload, self.resume_changes = self.resume_point()  # before any work or write
         self.student_config = student_config_for(config)
         self.transform_config = transform_config_for(self.student_config)
         self.samples = {config.train_split: prepare_split(config, config.train_split)}
@@ -251,6 +254,8 @@ class Trainer:
         )
         if config.compile:
             self.ddp_model = torch.compile(self.ddp_model)
+        if self.env.rank:  # rank 0 keeps the single-process stream; the others their own dropout
+            torch.manual_seed(config.seed + self.env.rank)
         self.state = RunState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.eval_loaders: dict[str, DataLoader] = {}
@@ -283,13 +288,26 @@ class Trainer:
 
     # checkpoints ---------------------------------------------------------------------------------
 
-    def checkpoint_payload(self) -> dict[str, Any]:
+    def resume_point(self) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
+        """With `resume`: the checkpoint and the safe option changes; refuses a missing or other run."""
+        if not self.config.resume:
+            return None, {}
+        last = self.out / LAST
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last} (drop --resume to start a new run)")
+        payload = load_checkpoint(last, required=("model", "optimizer", "train_config", "epoch", "rng"))
+        return payload, check_resume(last, payload["train_config"], self.config.to_dict())
+
+    def checkpoint_payload(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs; `rng_states`: every rank's RNG (default: this process's)."""
+        rng_states = rng_states or [rng_state()]
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_states[0],
+            "rng_ranks": rng_states,
             "epoch": self.state.epoch,
             "step": self.state.step,
             "best_acc": self.state.best_acc,
@@ -302,14 +320,17 @@ class Trainer:
         return payload
 
     def resume(self) -> None:
-        payload = load_checkpoint(self.out / LAST)
+        payload = self.resume_payload or load_checkpoint(self.out / LAST)
+        self.resume_payload = None  # its tensors are copied into the model and optimizer below
         self.model.load_state_dict(payload["model"])
         if "teacher" in payload:
             self.online_teacher.teacher.model.load_state_dict(payload["teacher"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
+        ranks = payload.get("rng_ranks", [])
+        # Each rank continues its own stream when the world size is the same; else rank 0's for all.
+        set_rng_state(ranks[self.env.rank] if len(ranks) == self.env.world_size else payload["rng"])
         self.state = RunState(
             payload["epoch"],
             payload["step"],
@@ -423,9 +444,11 @@ class Trainer:
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        if config.resume and (self.out / LAST).is_file():
+        if config.resume:
             self.resume()
         metrics_path = self.out / "metrics.jsonl"
+        if env.is_main:
+            self.start_metrics(metrics_path)
         for epoch in range(self.state.epoch, config.epochs):
             train_terms = self.train_epoch(epoch)
             val = summarize(self.evaluate(config.val_split))
@@ -439,16 +462,29 @@ class Trainer:
                 self.best_weights = {
                     k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                 }
+            rng_states = gather_objects([rng_state()], env)  # a collective: every rank takes part
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 _write_jsonl(metrics_path, row)
-                payload = self.checkpoint_payload()
+                payload = self.checkpoint_payload(rng_states)
                 save_checkpoint(self.out / LAST, payload)
                 if improved:
                     save_checkpoint(self.out / BEST, payload)
         return self.finish(metrics_path)
+
+    def start_metrics(self, path: Path) -> None:
+        """A new run starts a new metrics file; a resumed one drops rows of epochs its checkpoint lacks
+        (trained, then lost to a crash before the save: they are trained again) and notes its changes."""
+        if not self.config.resume:
+            path.write_text("")
+            return
+        rows = read_metrics(path) if path.is_file() else []
+        kept = [row for row in rows if row.get("kind") != "epoch" or row["epoch"] <= self.state.epoch]
+        if self.resume_changes:
+            kept.append({"kind": "resume", "epoch": self.state.epoch, "changed": self.resume_changes})
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def finish(self, metrics_path: Path) -> dict[str, Any]:
         """Every split evaluated with the best-val weights (`best.pt`): val and test from one model."""
