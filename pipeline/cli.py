@@ -231,6 +231,9 @@ def train(
     text_term: bool = typer.Option(True, help="distil the text embedding"),
     cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
     augment: bool = typer.Option(True, help="TransVG's augmentation (--no-augment: the eval transform)"),
+    aug_translate: bool = typer.Option(
+        False, help="TransVG's --aug_translate: place the image anywhere in the padded square (training)"
+    ),
     precompute_frozen: bool = typer.Option(
         False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
     ),
@@ -303,6 +306,7 @@ def train(
         warmup_epochs=warmup_epochs,
         clip_grad=clip_grad,
         augment=augment,
+        aug_translate=aug_translate,
         precompute_frozen=precompute_frozen,
         blank_text=blank_text,
         workers=workers,

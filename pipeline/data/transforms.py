@@ -47,10 +47,12 @@ class TransformConfig:
     scale_step: float = 0.05  # fraction of image_size between scales: TransVG's 32 px at 640
     crop_prob: float = 0.5
     color_jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - x, 1 + x]
+    jitter_prob: float = 0.8  # TransVG's ColorJitter acts on 80% of the samples, not on all of them
     flip_prob: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pad_position: PadPosition = "bottom_right"
+    translate: bool = False  # TransVG's --aug_translate: training places the image anywhere in the square
 
     def __post_init__(self) -> None:
         if min(self.scales) < 32:
@@ -58,7 +60,7 @@ class TransformConfig:
                 f"image_size {self.image_size} leaves scales below 32 px ({self.scales}); "
                 "use a larger image_size or fewer scales"
             )
-        for name in ("crop_prob", "flip_prob"):
+        for name in ("crop_prob", "flip_prob", "jitter_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.color_jitter < 1.0:
@@ -116,14 +118,14 @@ def _resize(image: Image.Image, box: np.ndarray, width: int, height: int) -> tup
     return resized, _clipped_box(box * scale, resized)
 
 
-def _long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     ratio = size / max(width, height)
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
 def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
     """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
-    return _resize(image, box, *_long_side_size(image.width, image.height, size))
+    return _resize(image, box, *long_side_size(image.width, image.height, size))
 
 
 def resize_short_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
@@ -159,12 +161,15 @@ def random_crop_keeping_box(
     return F.crop(image, top, left, height, width), box - np.array([left, top, left, top])
 
 
-def color_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    """torchvision's ColorJitter(strength, strength, strength), drawing factors and order from `rng`.
+def color_jitter(
+    image: Image.Image, strength: float, rng: np.random.Generator, prob: float = 1.0
+) -> Image.Image:
+    """torchvision's ColorJitter(strength, strength, strength) with probability `prob` (TransVG: 0.8),
+    drawing the coin, the factors and the order from `rng`.
 
     Applied to the PIL image: PIL's enhancers are ~50x faster than the uint8-tensor kernels on CPU.
     """
-    if strength == 0:
+    if strength == 0 or rng.random() >= prob:
         return image
     adjustments = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
     factors = rng.uniform(1.0 - strength, 1.0 + strength, size=len(adjustments))
@@ -179,7 +184,7 @@ def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]
     return F.horizontal_flip(image), np.array([image.width - x2, y1, image.width - x1, y2])
 
 
-def _pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
+def pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
     """(top, left) of the image inside the padded square."""
     if config.pad_position == "bottom_right":
         return 0, 0
@@ -189,9 +194,12 @@ def _pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int,
 
 
 def normalize_and_pad(
-    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig
+    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig, offsets: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh."""
+    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh.
+
+    `offsets`: (top, left) of the image in the square; default `config.pad_position`'s.
+    """
     size = config.image_size
     height, width = pixels.shape[-2:]
     if height > size or width > size:
@@ -199,7 +207,7 @@ def normalize_and_pad(
     normalized = F.normalize(
         F.to_dtype(pixels, torch.float32, scale=True), list(config.mean), list(config.std)
     )
-    top, left = _pad_offsets(config, height, width)
+    top, left = offsets if offsets is not None else pad_offsets(config, height, width)
     padded = torch.zeros((3, size, size), dtype=torch.float32)
     padded[:, top : top + height, left : left + width] = normalized
     mask = torch.ones((size, size), dtype=torch.bool)
@@ -233,13 +241,19 @@ class TrainTransform:
             image, box = resize_short_side(image, box, int(rng.choice(config.crop_short_sides)))
             image, box = random_crop_keeping_box(image, box, config.crop_size_range, rng)
         image, box = resize_long_side(image, box, int(rng.choice(config.scales)))
-        image = color_jitter(image, config.color_jitter, rng)
+        image = color_jitter(image, config.color_jitter, rng, config.jitter_prob)
         flipped = bool(rng.random() < config.flip_prob)
         out_text = text
         if flipped:
             image, box = hflip(image, box)
             out_text = swap_left_right(text)
-        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config)
+        offsets = None
+        if config.translate:  # TransVG's NormalizeAndPad(aug_translate): a uniform place in the square
+            offsets = (
+                int(rng.integers(0, config.image_size - image.height + 1)),
+                int(rng.integers(0, config.image_size - image.width + 1)),
+            )
+        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config, offsets)
         return TransformedSample(padded, mask, box_cxcywh, out_text, flipped, text_swapped=out_text != text)
 
 
@@ -261,9 +275,9 @@ class EvalTransform:
         """The normalized cxcywh box `__call__` gives for an image of `image_size` (width, height),
         computed without its pixels: several records of one image need one decode."""
         width, height = image_size
-        new_width, new_height = _long_side_size(width, height, self.config.image_size)
+        new_width, new_height = long_side_size(width, height, self.config.image_size)
         clipped = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
         scale = np.array([new_width / width, new_height / height] * 2)
         resized = np.clip(clipped * scale, 0.0, [new_width, new_height, new_width, new_height])
-        top, left = _pad_offsets(self.config, new_height, new_width)
+        top, left = pad_offsets(self.config, new_height, new_width)
         return _padded_cxcywh(resized, top, left, self.config.image_size)

@@ -46,6 +46,7 @@ class TrainConfig:
     eval_splits: tuple[str, ...] = ()  # evaluated at the end, besides val; () = all but train
     max_samples: int | None = None  # per split, for quick runs
     augment: bool = True  # False: train on the eval transform (overfitting checks)
+    aug_translate: bool = False  # TransVG's --aug_translate: a random place in the padded square
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
     workers: int = 4

@@ -18,7 +18,7 @@ SAFE_ON_RESUME = frozenset(
 ARCHITECTURE = frozenset({"student", "student_overrides"})
 DATA = frozenset(
     {"dataset", "data_root", "cache", "train_split", "val_split", "max_samples", "skip_missing",
-     "blank_text", "augment", "precompute_frozen", "distill"}
+     "blank_text", "augment", "aug_translate", "precompute_frozen", "distill"}
 )  # fmt: skip
 _PATHS = ("data_root", "cache", "out")
 

@@ -200,8 +200,9 @@ class Trainer:
         for split in self.eval_splits():
             self.samples[split] = prepare_split(config, split)
         train_transform = TrainTransform if config.augment else EvalTransform
+        train_transform_config = dataclasses.replace(self.transform_config, translate=config.aug_translate)
         self.train_set = GroundingDataset(
-            self.samples[config.train_split], train_transform(self.transform_config), seed=config.seed
+            self.samples[config.train_split], train_transform(train_transform_config), seed=config.seed
         )
         self.collate = make_collate(self.student_config)
         self.autocast = _autocast_factory(self.device, config.amp)
@@ -437,7 +438,9 @@ class Trainer:
                 self.config.workers,
                 persistent=self.config.persistent_workers,
             )
-        return predict_split(self.model, self.eval_loaders[split], self.env, self.device, self.autocast)
+        return predict_split(
+            self.model, self.eval_loaders[split], self.env, self.device, self.autocast, self.transform_config
+        )
 
     def fit(self) -> dict[str, Any]:
         config, env = self.config, self.env
