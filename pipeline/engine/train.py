@@ -120,6 +120,18 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return 0.1 if step >= config.lr_drop * steps_per_epoch else 1.0
 
 
+class TeacherEncoders(torch.nn.Module):
+    """CLIP's two encoders behind one `forward`, so that DDP, which syncs gradients only for what runs
+    through its own forward, can wrap a trainable teacher."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(pixels), self.model.encode_text(tokens)
+
+
 class OnlineTeacher:
     """Runs the frozen (or trainable) teacher on the augmented batch: the `online` comparison mode."""
 
@@ -142,6 +154,16 @@ class OnlineTeacher:
         self.mean = torch.tensor(self.teacher.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.teacher.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
         self.device = device
+        self.encoders: torch.nn.Module = TeacherEncoders(self.teacher.model)
+
+    def wrap_for_ddp(self, env: DistEnv) -> None:
+        """Under torchrun a trainable teacher must see every rank's gradients, as the student does;
+        without it each rank's teacher drifts apart. CLIP's `logit_scale` takes no part in encoding."""
+        if self.trainable and env.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.encoders = DistributedDataParallel(
+                self.encoders, device_ids=device_ids, find_unused_parameters=True
+            )
 
     def parameters(self):
         return self.teacher.model.parameters()
@@ -155,9 +177,8 @@ class OnlineTeacher:
         tokens = self.teacher.tokenizer(texts).to(self.device)
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         with grad:
-            image = self.teacher.model.encode_image(clip_pixels).float()
-            text = self.teacher.model.encode_text(tokens).float()
-        return image, text
+            image, text = self.encoders(clip_pixels, tokens)
+        return image.float(), text.float()
 
 
 def _train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate) -> DataLoader:
@@ -219,6 +240,7 @@ class Trainer:
         elif config.distill == "online":
             mean_std = (self.transform_config.mean, self.transform_config.std)
             self.online_teacher = OnlineTeacher(config, self.device, mean_std)
+            self.online_teacher.wrap_for_ddp(self.env)
 
         self.model = build_student(self.student_config).to(self.device)
         groups = param_groups(
