@@ -40,12 +40,20 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def one_line(error: BaseException) -> str:
-    """The error's first line (torch's messages run on for paragraphs), or its type when it has none."""
+    """The error's first line (torch's messages run on for paragraphs), or its type when it has none.
+
+    An error re-raised from a DataLoader worker starts "Caught X in DataLoader worker process 0." and
+    ends with the original "module.X: message" line: that last line is the one that names the file.
+    """
     text = str(error).strip()
     if isinstance(error, MemoryError):
         return f"out of memory{': ' + text if text else ''} (an input declares more data than fits)"
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first if len(text.splitlines()) <= 1 else f"{first} …"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Original Traceback" in text:
+        return lines[-1].partition(": ")[2] or lines[-1]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} …"
 
 
 def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:

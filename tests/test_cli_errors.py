@@ -170,3 +170,14 @@ def test_cuda_without_a_gpu_in_cache_build(shapes_root, tmp_path, monkeypatch):
     result = invoke(cache_build(shapes_root, tmp_path, "--device", "cuda"))
     assert_one_line_error(result, "--device cuda", "no CUDA GPU")
     assert not (tmp_path / "store").exists()
+
+
+def test_an_error_from_a_loader_worker_keeps_its_message():
+    from pipeline.cli_errors import one_line
+
+    relayed = OSError(
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\npipeline.data.images.BadImageError: /d/a.jpg: a truncated JPEG\n'
+    )
+    assert one_line(relayed) == "/d/a.jpg: a truncated JPEG"
+    assert one_line(ValueError("first\nsecond")) == "first …"
