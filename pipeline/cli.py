@@ -222,6 +222,7 @@ def train(
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
     cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
+    align_weight: float = typer.Option(2.0, help="LGR-NET's lambda on its alignment loss L_align"),
     augment: bool = typer.Option(True, help="TransVG's augmentation (--no-augment: the eval transform)"),
     precompute_frozen: bool = typer.Option(
         False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
@@ -270,6 +271,7 @@ def train(
         image_term=image_term,
         text_term=text_term,
         cell_weight=cell_weight,
+        align_weight=align_weight,
     )
     try:
         config = TrainConfig(
@@ -391,13 +393,16 @@ def ablations(
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
     cache: Path | None = typer.Option(None, help="the Phase-1 store all variants share"),
-    student: str = typer.Option("transvg-r50"),
+    student: str | None = typer.Option(
+        None, help="preset; its architecture picks the grid (default transvg-r50, tiny with --quick)"
+    ),
     epochs: int | None = typer.Option(None),
     batch_size: int = typer.Option(64),
     device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
 ) -> None:
-    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache.
+    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
+    with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
 
     The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
     STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
@@ -428,13 +433,13 @@ def ablations(
             )
         )
     if quick:
-        base = quick_ablation_base(dataset, data_root, cache, out)
+        base = quick_ablation_base(dataset, data_root, cache, out, student=student or "tiny")
     else:
         base = TrainConfig(
             dataset=dataset,
             data_root=data_root,
             out=out,
-            student=student,
+            student=student or "transvg-r50",
             cache=cache,
             epochs=epochs,
             batch_size=batch_size,

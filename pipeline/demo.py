@@ -230,13 +230,16 @@ def diagnosis_line(diagnosis: dict[str, Any]) -> str:
     )
 
 
-def quick_ablation_base(dataset: str, data_root: Path, cache: Path, out: Path) -> TrainConfig:
-    """A CPU-sized version of the grid (QUICK=1): tiny student, a few samples, one epoch."""
+def quick_ablation_base(
+    dataset: str, data_root: Path, cache: Path, out: Path, student: str = "tiny"
+) -> TrainConfig:
+    """A CPU-sized version of the grid (QUICK=1): a tiny student (`lgrnet-tiny` for LGR-NET's grid),
+    a few samples, one epoch."""
     return TrainConfig(
         dataset=dataset,
         data_root=data_root,
         out=out,
-        student="tiny",
+        student=student,
         distill="cached",
         cache=cache,
         epochs=1,

@@ -95,12 +95,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """The student of a checkpoint with its weights, plus the student and train configs it carries."""
     from pipeline.engine.checkpoint import load_checkpoint
-    from pipeline.student import StudentConfig, build_student
+    from pipeline.student import StudentConfig, build_student, load_student_weights
 
     payload = load_checkpoint(checkpoint)
     student_config = StudentConfig.from_dict(payload["student_config"])
     model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
-    model.load_state_dict(payload["model"])
+    load_student_weights(model, payload)
     return model.to(device).eval(), payload["student_config"], payload["train_config"]
 
 

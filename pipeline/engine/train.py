@@ -48,13 +48,14 @@ from pipeline.engine.distributed import (
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
 from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
 from pipeline.engine.plots import plot_curves, plot_gallery
-from pipeline.losses import grounding_loss
 from pipeline.student import (
     StudentConfig,
     build_student,
     build_tokenizer,
+    load_student_weights,
     param_groups,
     pixel_normalization,
+    student_architecture,
     student_preset,
     tokenize,
 )
@@ -216,6 +217,7 @@ class Trainer:
             self.online_teacher = OnlineTeacher(config, self.device, mean_std)
 
         self.model = build_student(self.student_config).to(self.device)
+        self.objective = student_architecture(self.student_config.architecture).objective  # its own loss
         groups = param_groups(
             self.model, lr=config.lr, lr_pretrained=config.lr_pretrained, weight_decay=config.weight_decay
         )
@@ -302,7 +304,7 @@ class Trainer:
 
     def resume(self) -> None:
         payload = load_checkpoint(self.out / LAST)
-        self.model.load_state_dict(payload["model"])
+        load_student_weights(self.model, payload)
         if "teacher" in payload:
             self.online_teacher.teacher.model.load_state_dict(payload["teacher"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -379,7 +381,7 @@ class Trainer:
         teacher_image, teacher_text = self.teacher_targets(batch)
         with self.autocast():
             output = self.ddp_model(**model_inputs(batch, self.device))
-        terms = grounding_loss(
+        terms = self.objective(
             output,
             batch["box"].to(self.device),
             teacher_image,
