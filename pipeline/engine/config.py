@@ -49,6 +49,7 @@ class TrainConfig:
     augment: bool = True  # False: train on the eval transform (overfitting checks)
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
+    frozen_cache: Path | None = None  # a folder where precomputed tables are kept for later runs
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
@@ -94,7 +95,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["loss"] = LossConfig(**values.get("loss", {}))
-        for key in ("data_root", "out", "cache"):
+        for key in ("data_root", "out", "cache", "frozen_cache"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["eval_splits"] = tuple(values.get("eval_splits", ()))
