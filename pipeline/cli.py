@@ -218,6 +218,7 @@ def train(
     image_weight: float = typer.Option(1.5, help="alpha, the [DIE] term"),
     text_weight: float = typer.Option(2.0, help="beta, the [DTE] term"),
     box_loss: str = typer.Option("smooth_l1", help="smooth_l1 | l1"),
+    box_beta: float = typer.Option(1.0, help="smooth-L1 switch point on normalised coordinates"),
     distill_loss: str = typer.Option("cosine", help="cosine | l1"),
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
@@ -237,6 +238,7 @@ def train(
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
     max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
+    train_fraction: float = typer.Option(1.0, help="train on a seeded fraction of the train images"),
     skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     compile: bool = typer.Option(False, help="torch.compile the student"),
@@ -267,6 +269,7 @@ def train(
         image_weight=image_weight,
         text_weight=text_weight,
         box=box_loss,
+        box_beta=box_beta,
         distill=distill_loss,
         image_term=image_term,
         text_term=text_term,
@@ -303,6 +306,7 @@ def train(
             seed=seed,
             device=device,
             max_samples=max_samples,
+            train_fraction=train_fraction,
             skip_missing=skip_missing,
             resume=resume,
             compile=compile,
@@ -385,6 +389,36 @@ def demo(
     _setup_logging()
     summary = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
     typer.echo(f"report: {out / 'report.md'} ({summary['wall_seconds']} s)")
+
+
+@app.command("experiment")
+def experiment(
+    study: str = typer.Argument("distillation", help="distillation | box-loss"),
+    out: Path = typer.Option(Path("experiment"), help="data, teacher, cache, one run per variant and seed"),
+    seeds: int = typer.Option(3, help="seeds 0 .. N-1 for every variant"),
+    epochs: int = typer.Option(30, help="epochs of each run (x0.1 at 85%)"),
+    quick: bool = typer.Option(False, help="test-sized: the demo's QUICK data, 2 seeds"),
+) -> None:
+    """Variants x seeds x training sizes on the demo's data; mean ± std table (results.md) and plot.
+
+    `distillation`: CD (both terms), image term only, text term only, no CD, on all and on 25% of the
+    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. An interrupted experiment resumes.
+    """
+    from pipeline.demo import DemoConfig
+    from pipeline.experiment import ExperimentConfig, run_experiment
+
+    _setup_logging()
+    try:
+        if quick:
+            config = ExperimentConfig.quick(study, out)
+        else:
+            demo = DemoConfig(out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs)))
+            config = ExperimentConfig(study=study, out=out, seeds=tuple(range(seeds)), demo=demo)
+        results = run_experiment(config)
+    except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"results: {results}")
 
 
 @app.command("ablations")

@@ -113,6 +113,7 @@ class LossConfig:
     image_weight: float = 1.5  # α, on the [VLS] ↔ image-embedding term
     text_weight: float = 2.0  # β, on the [CLS] ↔ text-embedding term
     box: BoxLossKind = "smooth_l1"
+    box_beta: float = 1.0  # smooth-L1's switch point; below it the loss is quadratic
     distill: DistillKind = "cosine"
     image_term: bool = True
     text_term: bool = True
@@ -139,7 +140,7 @@ def grounding_loss(
     box, vls, cls = output.box.float(), output.vls.float(), output.cls.float()
     target_box = target_box.float()
     terms = {
-        "box": box_regression_loss(box, target_box, config.box),
+        "box": box_regression_loss(box, target_box, config.box, config.box_beta),
         "giou": giou_loss(box, target_box),
     }
     total = terms["box"] + config.giou_weight * terms["giou"]

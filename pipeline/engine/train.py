@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pipeline.data import (
     TrainTransform,
     TransformConfig,
     dataset_spec,
+    image_subset,
     load_split,
     select_samples,
     validate_samples,
@@ -46,7 +47,14 @@ from pipeline.engine.distributed import (
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
-from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
+from pipeline.engine.frozen_inputs import (
+    FrozenInputTable,
+    build_frozen_table,
+    cached_table,
+    model_inputs,
+    table_key,
+    table_loader,
+)
 from pipeline.engine.plots import plot_curves, plot_gallery
 from pipeline.student import (
     StudentConfig,
@@ -98,6 +106,8 @@ def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
     samples = load_split(config.dataset, split, config.data_root)
     report = validate_samples(samples, check_images=True)
     kept = select_samples(samples, report, skip_missing=config.skip_missing)
+    if split == config.train_split:
+        kept = image_subset(kept, config.train_fraction)
     kept = kept[: config.max_samples] if config.max_samples else kept
     if config.blank_text:  # the image-only control: the same records, every expression empty
         kept = [dataclasses.replace(sample, text="") for sample in kept]
@@ -257,16 +267,25 @@ class Trainer:
         self.eval_loaders: dict[str, DataLoader] = {}
 
     def frozen_table(self, split: str) -> FrozenInputTable:
-        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`)."""
+        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`), or read from
+        `frozen_cache` when an earlier run with the same frozen branches and records saved them."""
         if split not in self.frozen_tables:
-            self.frozen_tables[split] = build_frozen_table(
-                self.model,
-                self.samples[split],
-                EvalTransform(self.transform_config),
-                self.collate.tokenize,
-                self.device,
-                self.config.batch_size,
-                self.config.workers,
+            samples = self.samples[split]
+            transform = EvalTransform(self.transform_config)
+            settings = {"student": asdict(self.student_config), "transform": asdict(self.transform_config)}
+            key = table_key(self.model, settings, samples) if self.config.frozen_cache else ""
+            self.frozen_tables[split] = cached_table(
+                self.config.frozen_cache,
+                f"{split}-{key}",
+                lambda: build_frozen_table(
+                    self.model,
+                    samples,
+                    transform,
+                    self.collate.tokenize,
+                    self.device,
+                    self.config.batch_size,
+                    self.config.workers,
+                ),
             )
         return self.frozen_tables[split]
 

@@ -60,17 +60,21 @@ class StudentBase(nn.Module):
         return self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
 
     @property
+    def input_branches(self) -> tuple[nn.Module, nn.Module]:
+        """The backbone and the text encoder: the branches `backbone_features` and `text_states` run."""
+        return self.backbone, self.text_encoder
+
+    @property
     def precomputable(self) -> bool:
         """Whether the backbone and the text encoder are both frozen, so that their outputs for an
         un-augmented input never change and can be computed once per image and per text."""
-        branches = (self.backbone, self.text_encoder)
-        return not any(p.requires_grad for branch in branches for p in branch.parameters())
+        return not any(p.requires_grad for branch in self.input_branches for p in branch.parameters())
 
     def train(self, mode: bool = True) -> StudentBase:
         """A branch with no trainable weight stays in eval mode: no dropout and no batch statistics, so
         its output is a pure function of its input (and a precomputed table stays exact)."""
         super().train(mode)
-        for branch in (self.backbone, self.text_encoder):
+        for branch in self.input_branches:
             if not any(p.requires_grad for p in branch.parameters()):
                 branch.eval()
         return self
