@@ -393,7 +393,7 @@ def demo(
 
 @app.command("experiment")
 def experiment(
-    study: str = typer.Argument("distillation", help="distillation | box-loss"),
+    study: str = typer.Argument("distillation", help="distillation | box-loss | students"),
     out: Path = typer.Option(Path("experiment"), help="data, teacher, cache, one run per variant and seed"),
     seeds: int = typer.Option(3, help="seeds 0 .. N-1 for every variant"),
     epochs: int = typer.Option(30, help="epochs of each run (x0.1 at 85%)"),
@@ -402,7 +402,8 @@ def experiment(
     """Variants x seeds x training sizes on the demo's data; mean ± std table (results.md) and plot.
 
     `distillation`: CD (both terms), image term only, text term only, no CD, on all and on 25% of the
-    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. An interrupted experiment resumes.
+    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. `students`: TransVG vs LGR-NET, each
+    with and without CD. An interrupted experiment resumes.
     """
     from pipeline.demo import DemoConfig
     from pipeline.experiment import ExperimentConfig, run_experiment

@@ -77,11 +77,17 @@ def grid_for(base: TrainConfig) -> dict[str, dict[str, Any]]:
 
 
 def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any]) -> TrainConfig:
-    """The baseline with one variant's changes, in its own run folder under the baseline's."""
+    """The baseline with one variant's changes, in its own run folder under the baseline's.
+
+    changes: "loss" (LossConfig fields), "student" (student-config fields over the baseline's),
+    "preset" (another student preset), or any other TrainConfig field.
+    """
     loss = replace(base.loss, **changes.get("loss", {}))
     student = {**base.student_overrides, **changes.get("student", {})}
-    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
-    updates = {key: value for key, value in changes.items() if key not in ("loss", "student")}
+    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace(",", "")
+    updates = {key: value for key, value in changes.items() if key not in ("loss", "student", "preset")}
+    if "preset" in changes:
+        updates["student"] = changes["preset"]
     return replace(base, loss=loss, student_overrides=student, out=Path(base.out) / slug, **updates)
 
 
