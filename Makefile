@@ -12,7 +12,7 @@ CACHE ?=
 CACHE_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: setup test lint demo cache train ablations bench clean
+.PHONY: setup test lint demo experiment cache train ablations bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ train: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
+
+# STUDY=distillation (default) or box-loss; QUICK=1 for the test-sized form.
+experiment: $(STAMP)
+	$(BIN)/epmvg experiment $(or $(STUDY),distillation) --out $(or $(OUT),experiment/$(or $(STUDY),distillation)) \
+		$(if $(QUICK),--quick,)
 
 # With a CACHE (and no QUICK) the grid is `train --ablations`: every training option via TRAIN_ARGS.
 ablations: $(STAMP)

@@ -226,10 +226,12 @@ def train(
     image_weight: float = typer.Option(1.5, help="alpha, the [DIE] term"),
     text_weight: float = typer.Option(2.0, help="beta, the [DTE] term"),
     box_loss: str = typer.Option("smooth_l1", help="smooth_l1 | l1"),
+    box_beta: float = typer.Option(1.0, help="smooth-L1 switch point on normalised coordinates"),
     distill_loss: str = typer.Option("cosine", help="cosine | l1"),
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
     cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
+    align_weight: float = typer.Option(2.0, help="LGR-NET's lambda on its alignment loss L_align"),
     augment: bool = typer.Option(True, help="TransVG's augmentation (--no-augment: the eval transform)"),
     aug_translate: bool = typer.Option(
         False, help="TransVG's --aug_translate: place the image anywhere in the padded square (training)"
@@ -247,6 +249,7 @@ def train(
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
     max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
+    train_fraction: float = typer.Option(1.0, help="train on a seeded fraction of the train images"),
     skip_missing: bool = typer.Option(False, help="drop (and count) samples whose image is missing"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     compile: bool = typer.Option(False, help="torch.compile the student"),
@@ -279,10 +282,12 @@ def train(
         image_weight=image_weight,
         text_weight=text_weight,
         box=box_loss,
+        box_beta=box_beta,
         distill=distill_loss,
         image_term=image_term,
         text_term=text_term,
         cell_weight=cell_weight,
+        align_weight=align_weight,
     )
     config = TrainConfig(
         dataset=dataset,
@@ -314,6 +319,7 @@ def train(
         seed=seed,
         device=device,
         max_samples=max_samples,
+        train_fraction=train_fraction,
         skip_missing=skip_missing,
         resume=resume,
         compile=compile,
@@ -397,6 +403,34 @@ def demo(
     typer.echo(f"report: {out / 'report.md'} ({summary['wall_seconds']} s)")
 
 
+@app.command("experiment")
+@one_line_errors
+def experiment(
+    study: str = typer.Argument("distillation", help="distillation | box-loss | students"),
+    out: Path = typer.Option(Path("experiment"), help="data, teacher, cache, one run per variant and seed"),
+    seeds: int = typer.Option(3, help="seeds 0 .. N-1 for every variant"),
+    epochs: int = typer.Option(30, help="epochs of each run (x0.1 at 85%)"),
+    quick: bool = typer.Option(False, help="test-sized: the demo's QUICK data, 2 seeds"),
+) -> None:
+    """Variants x seeds x training sizes on the demo's data; mean ± std table (results.md) and plot.
+
+    `distillation`: CD (both terms), image term only, text term only, no CD, on all and on 25% of the
+    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. `students`: TransVG vs LGR-NET, each
+    with and without CD. An interrupted experiment resumes.
+    """
+    from pipeline.demo import DemoConfig
+    from pipeline.experiment import ExperimentConfig, run_experiment
+
+    _setup_logging()
+    if quick:
+        config = ExperimentConfig.quick(study, out)
+    else:
+        demo = DemoConfig(out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs)))
+        config = ExperimentConfig(study=study, out=out, seeds=tuple(range(seeds)), demo=demo)
+    results = run_experiment(config)
+    typer.echo(f"results: {results}")
+
+
 @app.command("ablations")
 @one_line_errors
 def ablations(
@@ -404,13 +438,16 @@ def ablations(
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
     cache: Path | None = typer.Option(None, help="the Phase-1 store all variants share"),
-    student: str = typer.Option("transvg-r50"),
+    student: str | None = typer.Option(
+        None, help="preset; its architecture picks the grid (default transvg-r50, tiny with --quick)"
+    ),
     epochs: int | None = typer.Option(None),
     batch_size: int = typer.Option(64),
     device: str = DEVICE,
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
 ) -> None:
-    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache.
+    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
+    with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
 
     The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
     STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
@@ -442,13 +479,13 @@ def ablations(
             )
         )
     if quick:
-        base = quick_ablation_base(dataset, data_root, cache, out)
+        base = quick_ablation_base(dataset, data_root, cache, out, student=student or "tiny")
     else:
         base = TrainConfig(
             dataset=dataset,
             data_root=data_root,
             out=out,
-            student=student,
+            student=student or "transvg-r50",
             cache=cache,
             epochs=epochs,
             batch_size=batch_size,

@@ -145,6 +145,12 @@ def test_total_with_custom_weights_and_l1_variants():
     assert terms["total"].item() == approx(6.4)
 
 
+def test_box_beta_sets_the_smooth_l1_switch_point():
+    # two coordinates off by 0.2: β = 1 → 2·½·0.2² = 0.04; β = 0.1 → 2·(0.2 − 0.05) = 0.3
+    terms = grounding_loss(_output(), GT_BOX, config=LossConfig(box_beta=0.1))
+    assert terms["box"].item() == approx(0.3)
+
+
 def test_switching_the_image_term_off():
     terms = grounding_loss(_output(), GT_BOX, TEACHER_IMAGE, TEACHER_TEXT, LossConfig(image_term=False))
     assert "distill_image" not in terms

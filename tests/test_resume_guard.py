@@ -171,3 +171,13 @@ def test_workers_are_bounded_by_the_usable_cpus(shapes_root, tmp_path, monkeypat
     assert trained.exit_code == cached.exit_code == 0, trained.output + cached.output
     assert seen["train"].workers == 2 and "--workers 999 lowered to 2" in trained.stderr
     assert (seen["cache"].decode_workers, seen["cache"].workers) == (2, 2)
+
+
+def test_a_checkpoint_from_before_an_option_existed_counts_it_at_its_default():
+    from pipeline.engine.resume import _defaults, changed_options
+
+    now = _defaults()
+    older = {key: value for key, value in now.items() if key != "train_fraction"}
+    older["loss"] = {key: value for key, value in now["loss"].items() if key != "box_beta"}
+    assert changed_options(older, now) == {}
+    assert changed_options(older, {**now, "train_fraction": 0.5}) == {"train_fraction": (1.0, 0.5)}

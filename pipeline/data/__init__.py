@@ -32,7 +32,7 @@ from pipeline.data.errors import (
 )
 from pipeline.data.inspect import default_tokenizer, inspect_dataset
 from pipeline.data.safe_pickle import load_pickle, write_split_file
-from pipeline.data.sample import Sample
+from pipeline.data.sample import Sample, image_subset
 from pipeline.data.shapes import ShapesConfig, make_shapes
 from pipeline.data.text import has_spatial_word, normalize_expression, swap_left_right
 from pipeline.data.torch_dataset import (
@@ -82,6 +82,7 @@ __all__ = [
     "file_sha256",
     "default_tokenizer",
     "has_spatial_word",
+    "image_subset",
     "inspect_dataset",
     "is_jsonl_dataset",
     "load_pickle",

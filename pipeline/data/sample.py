@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,3 +23,19 @@ class Sample:
     split: str
     sample_id: str  # the source's own id (COCO ann id, ReferIt "<img>_<n>", ...), else the index
     index: int
+
+
+def image_subset(samples: list[Sample], fraction: float, seed: int = 0) -> list[Sample]:
+    """The samples of a seeded random `fraction` of the images (all of each kept image's expressions).
+
+    Subsetting by image, not by expression, keeps a smaller training set a set of whole scenes. The
+    subset depends on `seed` and the image keys only, so every run and every rank draws the same one.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the training fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return list(samples)
+    keys = sorted({sample.image_key for sample in samples})
+    random.Random(seed).shuffle(keys)
+    kept = set(keys[: max(1, math.ceil(fraction * len(keys)))])
+    return [sample for sample in samples if sample.image_key in kept]

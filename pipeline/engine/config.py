@@ -45,10 +45,12 @@ class TrainConfig:
     val_split: str = "val"
     eval_splits: tuple[str, ...] = ()  # evaluated at the end, besides val; () = all but train
     max_samples: int | None = None  # per split, for quick runs
+    train_fraction: float = 1.0  # a seeded fraction of the train images (data-size experiments)
     augment: bool = True  # False: train on the eval transform (overfitting checks)
     aug_translate: bool = False  # TransVG's --aug_translate: a random place in the padded square
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
+    frozen_cache: Path | None = None  # a folder where precomputed tables are kept for later runs
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
@@ -64,6 +66,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.distill not in DISTILL_MODES:
             raise ValueError(f"--distill must be one of {DISTILL_MODES}, got {self.distill!r}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
         if self.distill == "cached" and self.cache is None:
@@ -96,7 +100,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["loss"] = LossConfig(**values.get("loss", {}))
-        for key in ("data_root", "out", "cache"):
+        for key in ("data_root", "out", "cache", "frozen_cache"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["eval_splits"] = tuple(values.get("eval_splits", ()))

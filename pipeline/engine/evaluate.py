@@ -108,13 +108,13 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """The student of a checkpoint with its weights, plus the student and train configs it carries."""
     from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
-    from pipeline.student import StudentConfig, build_student
+    from pipeline.student import StudentConfig, build_student, load_student_weights
 
     payload = load_checkpoint(checkpoint)
     try:
         student_config = StudentConfig.from_dict(payload["student_config"])
         model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
-        model.load_state_dict(payload["model"])
+        load_student_weights(model, payload)
     except (TypeError, KeyError, RuntimeError) as exc:  # a payload with the right keys but wrong contents
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{checkpoint}: its student cannot be rebuilt ({first_line})") from exc

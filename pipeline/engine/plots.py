@@ -69,3 +69,34 @@ def plot_prediction(image_path: Path, text: str, box: tuple[float, ...], out: Pa
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_experiment(rows: list[dict], priors: dict[float, dict[str, dict]], out: Path, title: str) -> Path:
+    """Test Acc@0.5 (mean ± std over seeds) per variant, grouped by training-set size, priors dashed.
+
+    rows: `experiment.aggregate`'s (fraction, variant, "test acc@0.5" and its std); priors: per
+    fraction, {prior name: {split: scores}}.
+    """
+    fractions = list(dict.fromkeys(row["fraction"] for row in rows))
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(fractions), 4))
+    for v, variant in enumerate(variants):
+        mine = {row["fraction"]: row for row in rows if row["variant"] == variant}
+        x = [f + (v - (len(variants) - 1) / 2) * width for f in range(len(fractions))]
+        means = [100 * mine[fraction]["test acc@0.5"] for fraction in fractions]
+        stds = [100 * mine[fraction]["test acc@0.5 std"] for fraction in fractions]
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=variant)
+    for f, fraction in enumerate(fractions):
+        for name, style in (("text-only prior", "--"), ("centre prior", ":")):
+            value = 100 * priors[fraction][name]["test"]["acc@0.5"]
+            ax.hlines(
+                value, f - 0.45, f + 0.45, colors="black", linestyles=style, label=name if f == 0 else None
+            )
+    ax.set_xticks(range(len(fractions)), [f"{100 * fraction:g}% of train images" for fraction in fractions])
+    ax.set(ylabel="test Acc@0.5 (%)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -7,18 +7,19 @@ options that only change how (or how long) the same run is carried out may chang
 
 from __future__ import annotations
 
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 # How the run is executed, not what it computes: free to change on resume.
 SAFE_ON_RESUME = frozenset(
     {"epochs", "workers", "persistent_workers", "device", "amp", "progress", "sync_every", "compile",
-     "gallery_size", "eval_splits", "resume", "out"}
+     "gallery_size", "eval_splits", "resume", "out", "frozen_cache"}
 )  # fmt: skip
 ARCHITECTURE = frozenset({"student", "student_overrides"})
 DATA = frozenset(
     {"dataset", "data_root", "cache", "train_split", "val_split", "max_samples", "skip_missing",
-     "blank_text", "augment", "aug_translate", "precompute_frozen", "distill"}
+     "blank_text", "augment", "aug_translate", "precompute_frozen", "distill", "train_fraction"}
 )  # fmt: skip
 _PATHS = ("data_root", "cache", "out")
 
@@ -40,8 +41,31 @@ def _kind(key: str) -> str:
     return "data" if key in DATA else "optimisation"
 
 
+def _defaults() -> dict[str, Any]:
+    """TrainConfig's defaults as `to_dict` writes them (paths as strings, tuples as lists)."""
+    from pipeline.engine.config import TrainConfig
+
+    defaults: dict[str, Any] = {}
+    for field in fields(TrainConfig):
+        value = field.default if field.default_factory is MISSING else field.default_factory()
+        if value is MISSING:
+            continue
+        if is_dataclass(value):
+            value = asdict(value)
+        defaults[field.name] = (
+            str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        )
+    return defaults
+
+
 def changed_options(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every option whose value differs between two `TrainConfig.to_dict()`s: key -> (before, after)."""
+    """Every option whose value differs between two `TrainConfig.to_dict()`s: key -> (before, after).
+
+    An option a checkpoint does not record (it predates the option) counts as the option's default.
+    """
+    defaults = _defaults()
+    before = {**{key: value for key, value in defaults.items() if key not in before}, **before}
+    before["loss"] = {**defaults["loss"], **before["loss"]}  # loss fields added since, at their defaults
     keys = sorted(set(before) | set(after))
     return {
         key: (before.get(key), after.get(key))

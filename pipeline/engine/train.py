@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from pipeline.data import (
     GroundingDataset,
     TrainTransform,
     TransformConfig,
+    image_subset,
     load_split,
     max_query_len,
     select_samples,
@@ -47,17 +48,25 @@ from pipeline.engine.distributed import (
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
-from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
+from pipeline.engine.frozen_inputs import (
+    FrozenInputTable,
+    build_frozen_table,
+    cached_table,
+    model_inputs,
+    table_key,
+    table_loader,
+)
 from pipeline.engine.plots import plot_curves, plot_gallery, read_metrics
 from pipeline.engine.resume import check_resume
 from pipeline.errors import ExpectedError
-from pipeline.losses import grounding_loss
 from pipeline.student import (
     StudentConfig,
     build_student,
     build_tokenizer,
+    load_student_weights,
     param_groups,
     pixel_normalization,
+    student_architecture,
     student_preset,
     tokenize,
 )
@@ -100,6 +109,8 @@ def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
     samples = load_split(config.dataset, split, config.data_root)
     report = validate_samples(samples, check_images=True)
     kept = select_samples(samples, report, skip_missing=config.skip_missing)
+    if split == config.train_split:
+        kept = image_subset(kept, config.train_fraction)
     kept = kept[: config.max_samples] if config.max_samples else kept
     if config.blank_text:  # the image-only control: the same records, every expression empty
         kept = [dataclasses.replace(sample, text="") for sample in kept]
@@ -243,6 +254,7 @@ class Trainer:
             self.online_teacher.wrap_for_ddp(self.env)
 
         self.model = build_student(self.student_config).to(self.device)
+        self.objective = student_architecture(self.student_config.architecture).objective  # its own loss
         groups = param_groups(
             self.model, lr=config.lr, lr_pretrained=config.lr_pretrained, weight_decay=config.weight_decay
         )
@@ -284,16 +296,25 @@ class Trainer:
         self.eval_loaders: dict[str, DataLoader] = {}
 
     def frozen_table(self, split: str) -> FrozenInputTable:
-        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`)."""
+        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`), or read from
+        `frozen_cache` when an earlier run with the same frozen branches and records saved them."""
         if split not in self.frozen_tables:
-            self.frozen_tables[split] = build_frozen_table(
-                self.model,
-                self.samples[split],
-                EvalTransform(self.transform_config),
-                self.collate.tokenize,
-                self.device,
-                self.config.batch_size,
-                self.config.workers,
+            samples = self.samples[split]
+            transform = EvalTransform(self.transform_config)
+            settings = {"student": asdict(self.student_config), "transform": asdict(self.transform_config)}
+            key = table_key(self.model, settings, samples) if self.config.frozen_cache else ""
+            self.frozen_tables[split] = cached_table(
+                self.config.frozen_cache,
+                f"{split}-{key}",
+                lambda: build_frozen_table(
+                    self.model,
+                    samples,
+                    transform,
+                    self.collate.tokenize,
+                    self.device,
+                    self.config.batch_size,
+                    self.config.workers,
+                ),
             )
         return self.frozen_tables[split]
 
@@ -345,7 +366,7 @@ class Trainer:
     def resume(self) -> None:
         payload = self.resume_payload or load_checkpoint(self.out / LAST)
         self.resume_payload = None  # its tensors are copied into the model and optimizer below
-        self.model.load_state_dict(payload["model"])
+        load_student_weights(self.model, payload)
         if "teacher" in payload:
             self.online_teacher.teacher.model.load_state_dict(payload["teacher"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -424,7 +445,7 @@ class Trainer:
         teacher_image, teacher_text = self.teacher_targets(batch)
         with self.autocast():
             output = self.ddp_model(**model_inputs(batch, self.device))
-        terms = grounding_loss(
+        terms = self.objective(
             output,
             batch["box"].to(self.device),
             teacher_image,

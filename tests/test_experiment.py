@@ -1,0 +1,98 @@
+"""The experiment command: training subsets, mean ± std over seeds, and the QUICK study end to end."""
+
+import csv
+import math
+
+import pytest
+
+import pipeline.experiment as experiment
+from pipeline.data import image_subset
+from pipeline.data.sample import Sample
+from pipeline.engine.ablations import ablation_config
+from pipeline.engine.config import TrainConfig
+from pipeline.experiment import ExperimentConfig, aggregate, run_experiment
+
+
+def _samples(images: int, per_image: int) -> list[Sample]:
+    return [
+        Sample(f"/img/{i}.jpg", f"{i}.jpg", (0, 0, 1, 1), f"text {j}", "train", f"{i}_{j}", i * per_image + j)
+        for i in range(images)
+        for j in range(per_image)
+    ]
+
+
+def test_image_subset_keeps_whole_images_and_is_repeatable():
+    samples = _samples(images=20, per_image=3)
+    quarter = image_subset(samples, 0.25)
+    assert len({s.image_key for s in quarter}) == 5
+    assert len(quarter) == 15  # every expression of a kept image
+    assert quarter == image_subset(samples, 0.25)
+    assert {s.image_key for s in image_subset(samples, 0.25, seed=1)} != {s.image_key for s in quarter}
+    assert image_subset(samples, 1.0) == samples
+    with pytest.raises(ValueError, match="fraction"):
+        image_subset(samples, 0.0)
+
+
+def test_a_train_fraction_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="train-fraction"):
+        TrainConfig(dataset="shapes", distill="none", train_fraction=1.5)
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    runs = [
+        {"fraction": 1.0, "variant": "a", "seed": 0, "test acc@0.5": 0.2},
+        {"fraction": 1.0, "variant": "a", "seed": 1, "test acc@0.5": 0.4},
+        {"fraction": 1.0, "variant": "b", "seed": 0, "test acc@0.5": 0.5},
+    ]
+    a, b = aggregate(runs)
+    assert (a["variant"], a["seeds"]) == ("a", 2)
+    assert a["test acc@0.5"] == pytest.approx(0.3)
+    assert a["test acc@0.5 std"] == pytest.approx(math.sqrt(0.02))  # (0.1² + 0.1²) / (2 − 1)
+    assert (b["test acc@0.5"], b["test acc@0.5 std"]) == (0.5, 0.0)
+
+
+def test_the_students_study_switches_the_preset_and_keeps_the_rest():
+    base = TrainConfig(dataset="shapes", distill="cached", cache="store", student="shapes", out="runs/x")
+    variants = experiment.STUDENT_VARIANTS
+    runs = {name: ablation_config(base, name, changes) for name, changes in variants.items()}
+    assert [(r.student, r.distill) for r in runs.values()] == [
+        ("shapes", "cached"),
+        ("shapes", "none"),
+        ("lgrnet-shapes", "cached"),
+        ("lgrnet-shapes", "none"),
+    ]
+    assert len({r.out for r in runs.values()}) == 4
+    assert all(r.loss == base.loss and r.epochs == base.epochs for r in runs.values())
+
+
+def test_unknown_study_is_refused():
+    with pytest.raises(ValueError, match="unknown study"):
+        ExperimentConfig(study="nope")
+
+
+@pytest.mark.slow
+def test_quick_distillation_study_end_to_end_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "experiment"
+    results = run_experiment(ExperimentConfig.quick("distillation", out))
+    with (out / "results.csv").open() as handle:
+        runs = list(csv.DictReader(handle))
+    variants = list(experiment.DISTILLATION_VARIANTS)
+    assert len(runs) == 2 * 2 * len(variants)  # fractions x seeds x variants
+    assert {(r["fraction"], r["variant"], r["seed"]) for r in runs} == {
+        (str(f), v, str(s)) for f in (1.0, 0.25) for v in variants for s in (0, 1)
+    }
+    table = results.read_text()
+    for row in [*variants, "centre prior", "text-only prior"]:
+        assert f"| {row} |" in table, row
+    assert "| 25% |" in table and " ± " in table
+    assert (out / "results.png").is_file()
+    quarter = list((out / "train0.25" / "seed0").iterdir())
+    assert len(quarter) == len(variants)  # one run folder a variant
+    no_cd = next(p for p in quarter if p.name == "no_CD")
+    assert '"distill": "none"' in (no_cd / "summary.json").read_text()
+
+    def no_training(config):
+        raise AssertionError(f"finished run trained again: {config.out}")
+
+    monkeypatch.setattr(experiment, "train", no_training)
+    assert run_experiment(ExperimentConfig.quick("distillation", out)) == results
