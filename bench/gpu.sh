@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu.sh prepare          here, once: wheels the GPU image lacks (.whl), the sample data and
 #                                      MiniLM's config + tokenizer (.gpu); both folders are git-ignored
-#   device run, carry [".whl", ".gpu"]:  bash bench/gpu.sh run cache|step|step-compile
+#   device run, carry [".whl", ".gpu"]:  bash bench/gpu.sh run cache|step|step-compile|step-lgrnet
 #
 # Each `run` part fits one 10-minute device call and writes its JSON report under $OUT.
 set -euo pipefail
@@ -33,7 +33,7 @@ run() {
     local out=${OUT:-bench-out} python=${PYTHON:-python3} device=${DEVICE:-cuda}
     mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" || true
-    local step=(--student transvg-r50-random --text-encoder .gpu/minilm --image-size "${IMAGE_SIZE:-640}"
+    local step=(--student "${STUDENT:-transvg-r50-random}" --text-encoder .gpu/minilm --image-size "${IMAGE_SIZE:-640}"
                 --batch-size "${BATCH_SIZE:-64}" --teacher "${TEACHER:-ViT-B-16}" --loader-batches "${LOADER_BATCHES:-50}"
                 --workers "${WORKERS:-14}" --jpeg-size "${JPEG_SIZE:-640}" --peak-tflops 989 --device "$device")
     case "$1" in
@@ -42,12 +42,14 @@ run() {
                    --decode-workers "${WORKERS:-14}" --device "$device" | tee "$out/cache_bench.json" ;;
         step) "$python" -m bench.step_bench "${step[@]}" | tee "$out/step_bench_eager.json" ;;
         step-compile) "$python" -m bench.step_bench "${step[@]}" --compile | tee "$out/step_bench_compile.json" ;;
-        *) echo "unknown part '$1': cache, step or step-compile" >&2; exit 2 ;;
+        # The same step benchmark for the second student (issue #13); step_bench's last --student wins.
+        step-lgrnet) "$python" -m bench.step_bench "${step[@]}" --student lgrnet-r50 | tee "$out/step_bench_lgrnet.json" ;;
+        *) echo "unknown part '$1': cache, step, step-compile or step-lgrnet" >&2; exit 2 ;;
     esac
 }
 
 case "${1:-}" in
     prepare) prepare ;;
-    run) run "${2:?run what: cache, step or step-compile}" ;;
-    *) echo "usage: bash bench/gpu.sh prepare | run cache|step|step-compile" >&2; exit 2 ;;
+    run) run "${2:?run what: cache, step, step-compile or step-lgrnet}" ;;
+    *) echo "usage: bash bench/gpu.sh prepare | run cache|step|step-compile|step-lgrnet" >&2; exit 2 ;;
 esac

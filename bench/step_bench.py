@@ -3,10 +3,13 @@
 It times the trainer's own `train_step` (compute only: one pre-collated batch of real shapes images,
 reused) and, with `--loader-batches N`, N steps of the cached run fed by its real DataLoader (JPEG
 decoding and augmentation in `--workers` processes), against the compute-only figure. Teacher and
-student have random weights (`transvg-r50-random` is the paper's student, buildable offline): speed does
-not depend on them.
+student have random weights (`transvg-r50-random` is the paper's student, `lgrnet-r50` LGR-NET's, both
+buildable offline): speed does not depend on them. Any student preset works; run it once per student
+to compare them (`bash bench/gpu.sh run step` and `run step-lgrnet`).
 
     python -m bench.step_bench --student transvg-r50-random --image-size 640 --batch-size 64 \
+        --teacher ViT-B-16 --loader-batches 50 --workers 14 --peak-tflops 989 --device cuda
+    python -m bench.step_bench --student lgrnet-r50 --image-size 640 --batch-size 64 \
         --teacher ViT-B-16 --loader-batches 50 --workers 14 --peak-tflops 989 --device cuda
     python -m bench.step_bench --student small --image-size 96 --batch-size 16      # CPU
 """
@@ -156,6 +159,7 @@ def main(
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if device.startswith("cuda") else "CPU only"),
         "student": student,
+        "architecture": trainers["none"].student_config.architecture,
         "image_size": trainers["none"].student_config.image_size,
         "batch_size": batch_size,
         "teacher": Path(teacher).stem,

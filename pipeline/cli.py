@@ -14,6 +14,15 @@ from pathlib import Path
 import typer
 
 import storage
+from pipeline.cli_errors import one_line_errors
+from pipeline.cli_options import (
+    AUTO_DEVICE,
+    bounded_workers,
+    check_out_dir,
+    check_out_file,
+    resolve_device,
+    usable_cpus,
+)
 from pipeline.data.cli import app as data_app
 
 app = typer.Typer(no_args_is_help=True, help="Visual grounding with cross-modal distillation (EpmVG).")
@@ -26,16 +35,12 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(teacher_app, name="teacher")
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _default_workers(cap: int = 4) -> int:
     """Up to `cap` loader processes, but no more than the CPUs this process may use (torch warns past it)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(cap, usable)
+    return min(cap, usable_cpus())
+
+
+DEVICE = typer.Option(AUTO_DEVICE, help="auto (CUDA when a GPU is visible, else CPU), cpu, cuda or cuda:N")
 
 
 DATA_ROOT = typer.Option(Path("../shared/data"), "--data-root", help="folder with splits/ and images/")
@@ -46,6 +51,7 @@ def _setup_logging() -> None:
 
 
 @cache_app.command("build")
+@one_line_errors
 def cache_build(
     dataset: str = typer.Argument(..., help="refcoco, refcoco+, refcocog, ..., shapes, or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -54,7 +60,7 @@ def cache_build(
     pretrained: str = typer.Option("openai", help="open_clip tag, local checkpoint file, or 'none'"),
     allow_random_teacher: bool = typer.Option(False, help="allow --pretrained none (tests only)"),
     teacher_crop: str = typer.Option("letterbox", help="letterbox (whole image) or center (CLIP's crop)"),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     dtype: str = typer.Option("float16", help="float16 or float32"),
     batch_size: int = typer.Option(256),
     decode_workers: int = typer.Option(
@@ -75,10 +81,15 @@ def cache_build(
 ) -> None:
     """Embed every image and expression of DATASET with the frozen teacher into a Zarr store."""
     from pipeline.cache_job import CacheJobConfig, build_cache
-    from pipeline.teacher import TeacherConfig, TeacherWeightsError
+    from pipeline.teacher import TeacherConfig
     from pipeline.views import ViewSpec, student_transform
 
     _setup_logging()
+    device = resolve_device(device)
+    decode_workers = bounded_workers(decode_workers, "--decode-workers")
+    workers = max(1, bounded_workers(workers, "--workers"))
+    if out is not None:
+        check_out_dir(out)
     view_spec = (
         ViewSpec(views, student_transform(view_student, view_image_size), view_seed) if views else None
     )
@@ -104,11 +115,7 @@ def cache_build(
         text_shard_rows=text_shard_rows,
         views=view_spec,
     )
-    try:
-        path = build_cache(config)
-    except (TeacherWeightsError, storage.StoreError, FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    path = build_cache(config)
     typer.echo(f"store complete: {path}")
 
 
@@ -156,6 +163,7 @@ def cache_fidelity(
 
 
 @cache_app.command("info")
+@one_line_errors
 def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarize a store: fingerprint, tables, shards done, indices."""
     info = storage.store_info(store)
@@ -168,6 +176,7 @@ def cache_info(store: Path, as_json: bool = typer.Option(False, "--json")) -> No
 
 
 @cache_app.command("verify")
+@one_line_errors
 def cache_verify(store: Path) -> None:
     """Recompute every shard checksum; fail on unwritten, NaN or out-of-range rows."""
     report = storage.verify_store(store)
@@ -179,6 +188,7 @@ def cache_verify(store: Path) -> None:
 
 
 @cache_app.command("export")
+@one_line_errors
 def cache_export(store: Path, h5: Path = typer.Option(..., "--h5", help="HDF5 file to write")) -> None:
     """Write the store as one HDF5 file (manifest in its attributes)."""
     storage.export_hdf5(store, h5)
@@ -186,6 +196,7 @@ def cache_export(store: Path, h5: Path = typer.Option(..., "--h5", help="HDF5 fi
 
 
 @cache_app.command("import")
+@one_line_errors
 def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Option(..., "--out")) -> None:
     """Recreate a store from an exported HDF5 file."""
     storage.import_hdf5(h5, store)
@@ -193,6 +204,7 @@ def cache_import(h5: Path = typer.Option(..., "--h5"), store: Path = typer.Optio
 
 
 @teacher_app.command("train")
+@one_line_errors
 def teacher_train(
     dataset: str = typer.Argument(..., help="dataset name (e.g. shapes) or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -216,11 +228,10 @@ def teacher_train(
     The checkpoint feeds the cache: `epmvg cache build DATASET --teacher OUT/<config>.json --pretrained
     OUT/teacher.safetensors`.
     """
-    from pipeline.data import DataError
-    from pipeline.teacher import TeacherWeightsError
     from pipeline.teacher_training import TeacherTrainingConfig, format_retrieval_table, train_teacher
 
     _setup_logging()
+    check_out_dir(out)
     given = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr}
     config = TeacherTrainingConfig(
         dataset=dataset,
@@ -232,11 +243,7 @@ def teacher_train(
         skip_missing=skip_missing,
         **{name: value for name, value in given.items() if value is not None},
     )
-    try:
-        report = train_teacher(config)
-    except (DataError, TeacherWeightsError, FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    report = train_teacher(config)
     typer.echo(format_retrieval_table(report))
     stopped = " (stopped early by --max-seconds)" if report["stopped_early"] else ""
     typer.echo(f"trained {report['steps']} steps in {report['train_seconds']} s{stopped}")
@@ -246,6 +253,7 @@ def teacher_train(
 
 
 @app.command("train")
+@one_line_errors
 def train(
     dataset: str = typer.Argument(..., help="dataset name (see `epmvg data inspect`) or a .jsonl file"),
     data_root: Path = DATA_ROOT,
@@ -277,7 +285,11 @@ def train(
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
     cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
+    align_weight: float = typer.Option(2.0, help="LGR-NET's lambda on its alignment loss L_align"),
     augment: bool = typer.Option(True, help="TransVG's augmentation (--no-augment: the eval transform)"),
+    aug_translate: bool = typer.Option(
+        False, help="TransVG's --aug_translate: place the image anywhere in the padded square (training)"
+    ),
     precompute_frozen: bool = typer.Option(
         False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
     ),
@@ -286,7 +298,7 @@ def train(
     pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
     allow_random_teacher: bool = typer.Option(False),
     teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     workers: int = typer.Option(_default_workers(), help="data-loading processes (default: up to 4)"),
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
@@ -308,11 +320,13 @@ def train(
     from pipeline.student import parse_field_assignments
 
     _setup_logging()
+    check_out_dir(out)
+    device = resolve_device(device)
+    workers = bounded_workers(workers, "--workers")
     try:
         overrides = parse_field_assignments(student_set)
     except ValueError as error:
-        typer.secho(f"error: --student-set: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+        raise ValueError(f"--student-set: {error}") from error  # name the option; reported by one_line_errors
     if image_size:
         overrides["image_size"] = image_size
     if detr_weights is not None:
@@ -327,73 +341,74 @@ def train(
         image_term=image_term,
         text_term=text_term,
         cell_weight=cell_weight,
+        align_weight=align_weight,
     )
-    try:
-        config = TrainConfig(
-            dataset=dataset,
-            data_root=data_root,
-            out=out,
-            student=student,
-            student_overrides=overrides,
-            distill=distill,
-            cache=cache,
-            teacher_model=teacher,
-            teacher_pretrained=pretrained,
-            allow_random_teacher=allow_random_teacher,
-            teacher_trainable=teacher_trainable,
-            loss=loss,
-            epochs=epochs,
-            lr_drop=lr_drop,
-            batch_size=batch_size,
-            lr=lr,
-            lr_pretrained=lr_pretrained,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            clip_grad=clip_grad,
-            augment=augment,
-            precompute_frozen=precompute_frozen,
-            blank_text=blank_text,
-            workers=workers,
-            persistent_workers=persistent_workers,
-            seed=seed,
-            device=device,
-            max_samples=max_samples,
-            train_fraction=train_fraction,
-            skip_missing=skip_missing,
-            resume=resume,
-            compile=compile,
-            sync_every=sync_every,
-        )
-        if ablations:
-            results = run_ablations(config)
-            if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
-                typer.echo(f"results: {results}")
-        else:
-            run_training(config)
-    except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    config = TrainConfig(
+        dataset=dataset,
+        data_root=data_root,
+        out=out,
+        student=student,
+        student_overrides=overrides,
+        distill=distill,
+        cache=cache,
+        teacher_model=teacher,
+        teacher_pretrained=pretrained,
+        allow_random_teacher=allow_random_teacher,
+        teacher_trainable=teacher_trainable,
+        loss=loss,
+        epochs=epochs,
+        lr_drop=lr_drop,
+        batch_size=batch_size,
+        lr=lr,
+        lr_pretrained=lr_pretrained,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        clip_grad=clip_grad,
+        augment=augment,
+        aug_translate=aug_translate,
+        precompute_frozen=precompute_frozen,
+        blank_text=blank_text,
+        workers=workers,
+        persistent_workers=persistent_workers,
+        seed=seed,
+        device=device,
+        max_samples=max_samples,
+        train_fraction=train_fraction,
+        skip_missing=skip_missing,
+        resume=resume,
+        compile=compile,
+        sync_every=sync_every,
+    )
+    if ablations:
+        results = run_ablations(config)
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
+            typer.echo(f"results: {results}")
+    else:
+        run_training(config)
 
 
 @app.command("eval")
+@one_line_errors
 def evaluate(
     checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
     data_root: Path = DATA_ROOT,
     dataset: str | None = typer.Option(None, help="default: the checkpoint's"),
     splits: list[str] = typer.Option([], "--split", help="default: every split but train"),
     batch_size: int = typer.Option(64),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     skip_missing: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Acc@0.5 and mean IoU per split for a checkpoint."""
     from pipeline.engine.evaluate import evaluate_checkpoint, format_table
 
+    device = resolve_device(device)
     results = evaluate_checkpoint(checkpoint, data_root, dataset, splits, batch_size, device, skip_missing)
     typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
 
 
 @app.command("diagnose")
+@one_line_errors
 def diagnose(
     checkpoint: Path = typer.Option(..., help="a run's best.pt or last.pt"),
     data_root: Path = DATA_ROOT,
@@ -404,33 +419,32 @@ def diagnose(
     """Does the student read the image? Box spread over images vs texts, and [REG]'s attention split."""
     from pipeline.engine.diagnose import diagnose_checkpoint
 
-    try:
-        report = diagnose_checkpoint(checkpoint, data_root, split, samples, skip_missing)
-    except (ValueError, FileNotFoundError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    report = diagnose_checkpoint(checkpoint, data_root, split, samples, skip_missing)
     typer.echo(json.dumps(report, indent=2))
 
 
 @app.command("predict")
+@one_line_errors
 def predict(
     checkpoint: Path = typer.Option(...),
     image: Path = typer.Option(...),
     text: str = typer.Option(...),
     out: Path = typer.Option(Path("pred.png")),
-    device: str = typer.Option("cpu"),
+    device: str = DEVICE,
 ) -> None:
     """Ground TEXT in IMAGE and draw the predicted box."""
     from pipeline.engine.evaluate import load_student, predict_image
     from pipeline.engine.plots import plot_prediction
 
-    model, _, _ = load_student(checkpoint, device)
+    check_out_file(out)
+    model, _, _ = load_student(checkpoint, resolve_device(device))
     box = predict_image(model, image, text)
     plot_prediction(image, text, box, out)
     typer.echo(json.dumps({"box_xyxy": [round(v, 1) for v in box], "out": str(out)}))
 
 
 @app.command("demo")
+@one_line_errors
 def demo(
     out: Path = typer.Option(Path("demo"), help="folder for data, cache, run and report"),
     quick: bool = typer.Option(False, help="a seconds-long smoke version (tests)"),
@@ -444,8 +458,9 @@ def demo(
 
 
 @app.command("experiment")
+@one_line_errors
 def experiment(
-    study: str = typer.Argument("distillation", help="distillation | box-loss"),
+    study: str = typer.Argument("distillation", help="distillation | box-loss | students"),
     out: Path = typer.Option(Path("experiment"), help="data, teacher, cache, one run per variant and seed"),
     seeds: int = typer.Option(3, help="seeds 0 .. N-1 for every variant"),
     epochs: int = typer.Option(30, help="epochs of each run (x0.1 at 85%)"),
@@ -454,38 +469,39 @@ def experiment(
     """Variants x seeds x training sizes on the demo's data; mean ± std table (results.md) and plot.
 
     `distillation`: CD (both terms), image term only, text term only, no CD, on all and on 25% of the
-    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. An interrupted experiment resumes.
+    train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. `students`: TransVG vs LGR-NET, each
+    with and without CD. An interrupted experiment resumes.
     """
     from pipeline.demo import DemoConfig
     from pipeline.experiment import ExperimentConfig, run_experiment
 
     _setup_logging()
-    try:
-        if quick:
-            config = ExperimentConfig.quick(study, out)
-        else:
-            demo = DemoConfig(out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs)))
-            config = ExperimentConfig(study=study, out=out, seeds=tuple(range(seeds)), demo=demo)
-        results = run_experiment(config)
-    except (ValueError, FileNotFoundError, RuntimeError, storage.StoreError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    if quick:
+        config = ExperimentConfig.quick(study, out)
+    else:
+        demo = DemoConfig(out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs)))
+        config = ExperimentConfig(study=study, out=out, seeds=tuple(range(seeds)), demo=demo)
+    results = run_experiment(config)
     typer.echo(f"results: {results}")
 
 
 @app.command("ablations")
+@one_line_errors
 def ablations(
     dataset: str = typer.Argument("shapes"),
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
     cache: Path | None = typer.Option(None, help="the Phase-1 store all variants share"),
-    student: str = typer.Option("transvg-r50"),
+    student: str | None = typer.Option(
+        None, help="preset; its architecture picks the grid (default transvg-r50, tiny with --quick)"
+    ),
     epochs: int | None = typer.Option(None),
     batch_size: int = typer.Option(64),
-    device: str = typer.Option("cuda" if _cuda_available() else "cpu"),
+    device: str = DEVICE,
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
 ) -> None:
-    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache.
+    """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
+    with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
 
     The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
     STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
@@ -496,6 +512,7 @@ def ablations(
     from pipeline.engine.config import TrainConfig
 
     _setup_logging()
+    device = resolve_device(device)
     if dataset == "shapes" and not (data_root / "splits" / "shapes").is_dir():
         data_root = ensure_shapes(out / "data", images=60 if quick else 600, seed=0)
     if cache is None:
@@ -516,13 +533,13 @@ def ablations(
             )
         )
     if quick:
-        base = quick_ablation_base(dataset, data_root, cache, out)
+        base = quick_ablation_base(dataset, data_root, cache, out, student=student or "tiny")
     else:
         base = TrainConfig(
             dataset=dataset,
             data_root=data_root,
             out=out,
-            student=student,
+            student=student or "transvg-r50",
             cache=cache,
             epochs=epochs,
             batch_size=batch_size,

@@ -3,6 +3,8 @@
 - `distillation`: does EpmVG's cached distillation help? The demo's student with both CD terms, the
   image term only, the text term only and none, over seeds, on the full training set and on 25% of
   its images. Targets come from the cache of the shapes-trained teacher.
+- `students`: TransVG (the `shapes` preset) against LGR-NET (`lgrnet-shapes`, the same frozen
+  branches and width), each with and without CD.
 - `box-loss`: the coordinate loss of the total objective: smooth-L1 with β = 1 (EpmVG's, which on
   coordinates in [0, 1] is ½·MSE), smooth-L1 with β = 0.1, and TransVG's L1.
 
@@ -24,7 +26,7 @@ from pipeline.data import image_subset, load_split
 from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
 from pipeline.engine.ablations import ablation_config
 from pipeline.engine.baselines import prior_results
-from pipeline.engine.plots import plot_experiment
+from pipeline.engine.plots import plot_experiment, read_metrics
 from pipeline.engine.train import train
 
 DISTILLATION_VARIANTS: dict[str, dict[str, Any]] = {
@@ -39,6 +41,13 @@ BOX_LOSS_VARIANTS: dict[str, dict[str, Any]] = {
     "L1": {"loss": {"box": "l1"}},
 }
 
+STUDENT_VARIANTS: dict[str, dict[str, Any]] = {
+    "TransVG (shapes) + CD": {},
+    "TransVG (shapes) no CD": {"distill": "none"},
+    "LGR-NET (shapes) + CD": {"preset": "lgrnet-shapes"},
+    "LGR-NET (shapes) no CD": {"preset": "lgrnet-shapes", "distill": "none"},
+}
+
 
 @dataclass(frozen=True)
 class Study:
@@ -49,6 +58,7 @@ class Study:
 STUDIES = {
     "distillation": Study(DISTILLATION_VARIANTS, (1.0, 0.25)),
     "box-loss": Study(BOX_LOSS_VARIANTS, (1.0,)),
+    "students": Study(STUDENT_VARIANTS, (1.0,)),
 }
 SPLITS = ("val", "test")
 
@@ -92,8 +102,11 @@ def run_experiment(config: ExperimentConfig) -> Path:
                 seed=seed, train_fraction=fraction,
             )  # fmt: skip
             for name, changes in STUDIES[config.study].variants.items():
-                summary = finished_or_train(ablation_config(base, name, changes))
-                runs.append({"fraction": fraction, "variant": name, "seed": seed, **flat_results(summary)})
+                run = ablation_config(base, name, changes)
+                summary = finished_or_train(run)
+                runs.append(
+                    {"fraction": fraction, "variant": name, "seed": seed, **flat_results(summary, run.out)}
+                )
     priors = fraction_priors(assets.data_root, config.train_fractions)
     write_experiment(config, runs, priors, round(time.perf_counter() - started, 1))
     return config.out / "results.md"
@@ -107,12 +120,17 @@ def finished_or_train(run: Any) -> dict[str, Any]:
     return train(run)
 
 
-def flat_results(summary: dict[str, Any]) -> dict[str, float]:
-    return {
+def flat_results(summary: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """Held-out Acc@0.5 and mIoU, the student's size, and its mean training throughput."""
+    results = {
         f"{split} {metric}": summary["results"][split][metric]
         for split in SPLITS
         for metric in ("acc@0.5", "miou")
     }
+    epochs = [row for row in read_metrics(run_dir / "metrics.jsonl") if row.get("kind") == "epoch"]
+    results["train samples/s"] = statistics.fmean(row["samples_per_s"] for row in epochs)
+    results["student parameters"] = summary["student_parameters"]
+    return results
 
 
 def fraction_priors(data_root: Path, fractions: tuple[float, ...]) -> dict[float, dict[str, dict[str, Any]]]:
@@ -171,20 +189,22 @@ def experiment_table(
         f"epochs (×0.1 at {demo.lr_drop}), lr {demo.lr}, batch {demo.batch_size}; "
         f"seeds {list(config.seeds)}; held-out val and test; {wall_seconds:.0f} s wall time in all.",
         "",
-        "| train images | variant | seeds | val Acc@0.5 | test Acc@0.5 | test mIoU |",
-        "|---|---|---:|---:|---:|---:|",
+        "| train images | variant | seeds | val Acc@0.5 | test Acc@0.5 | test mIoU | parameters "
+        "| train samples/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for fraction in config.train_fractions:
         size = f"{100 * fraction:g}%"
         for row in (r for r in rows if r["fraction"] == fraction):
             lines.append(
                 f"| {size} | {row['variant']} | {row['seeds']} | {_pct(row, 'val acc@0.5')} | "
-                f"{_pct(row, 'test acc@0.5')} | {row['test miou']:.3f} ± {row['test miou std']:.3f} |"
+                f"{_pct(row, 'test acc@0.5')} | {row['test miou']:.3f} ± {row['test miou std']:.3f} | "
+                f"{row['student parameters'] / 1e6:.2f} M | {row['train samples/s']:.0f} |"
             )
         for name, result in priors[fraction].items():
             lines.append(
                 f"| {size} | {name} | – | {100 * result['val']['acc@0.5']:.1f}% | "
-                f"{100 * result['test']['acc@0.5']:.1f}% | {result['test']['miou']:.3f} |"
+                f"{100 * result['test']['acc@0.5']:.1f}% | {result['test']['miou']:.3f} | – | – |"
             )
     return "\n".join(lines) + "\n\n![results](results.png)\n"
 

@@ -4,6 +4,11 @@
     L_dist = α·d(VLS, pool(DIE)) + β·d(CLS, pool(DTE))                          (distillation)
     L_cell = BCE(cell logits, [cell centre inside b])           (this kit's auxiliary, off by default)
 
+LGR-NET (Lu et al., TCSVT 2024), the second student, trains with `lgrnet_loss`:
+
+    L = Σ_layers [L_box(b_i, b̂) + λ_giou·L_giou(b_i, b̂)] + λ·L_align (+ L_dist)         (Eq. 8)
+    L_align = InfoNCE(FFN_obj(f_p), f_sent; τ)                                          (Eq. 9-11)
+
 Every equation is one function below. Boxes are normalised (cx, cy, w, h); batch reductions follow
 TransVG: a box loss is summed over its 4 coordinates and averaged over the batch.
 """
@@ -113,6 +118,7 @@ class LossConfig:
     image_term: bool = True
     text_term: bool = True
     cell_weight: float = 1.0  # on L_cell, when the student has a cell head (StudentConfig.cell_head)
+    align_weight: float = 2.0  # LGR-NET's λ on L_align (Eq. 8); other students have no L_align
 
 
 def grounding_loss(
@@ -151,8 +157,92 @@ def grounding_loss(
     return terms
 
 
+def layer_summed_box_loss(
+    layer_boxes: Tensor, target_cxcywh: Tensor, kind: BoxLossKind = "l1"
+) -> tuple[Tensor, Tensor]:
+    """LGR-NET Eq. 8's deep supervision: (Σ_i L_box(b_i, b̂), Σ_i L_giou(b_i, b̂)) over the boxes of
+    the N reasoning layers, layer_boxes [N, B, 4] cxcywh; each term as `box_regression_loss` and
+    `giou_loss` reduce it (batch mean), summed over layers, not averaged."""
+    box = torch.stack([box_regression_loss(boxes, target_cxcywh, kind) for boxes in layer_boxes]).sum()
+    giou = torch.stack([giou_loss(boxes, target_cxcywh) for boxes in layer_boxes]).sum()
+    return box, giou
+
+
+def gather_across_ranks(features: Tensor) -> Tensor:
+    """[B, D] → [world·B, D]: every rank's rows, this rank's in place, with gradients flowing back to
+    each rank's own rows (torch.distributed.nn's all_gather); unchanged outside a process group.
+
+    L_align's negatives are the other samples of the batch, so under DDP the batch is the global one,
+    as in CLIP. Every rank must pass the same B (the trainer's samplers give equal shares).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), dim=0)
+
+
+def info_nce_loss(f_obj: Tensor, f_sent: Tensor, log_temperature: Tensor) -> Tensor:
+    """LGR-NET Eq. 9-11, L_align: InfoNCE between object features f_obj [B, D] and sentence features
+    f_sent [B, D], the matching pairs on the diagonal.
+
+    logits = cos(f_obj_i, f_sent_j) / τ with τ = exp(log_temperature) (learnable, starts at 0.07).
+    The paper does not say which direction; this is the symmetric form (CLIP's): the mean of the
+    object→sentence and sentence→object cross-entropies. τ is floored at 0.01 (CLIP caps 1/τ at 100)
+    so the logits cannot blow up.
+    """
+    obj = F.normalize(f_obj.float(), dim=-1)
+    sent = F.normalize(f_sent.float(), dim=-1)
+    temperature = log_temperature.float().exp().clamp(min=0.01)
+    logits = obj @ sent.T / temperature
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def lgrnet_loss(
+    output: StudentOutput,
+    target_box: Tensor,
+    teacher_image: Tensor | None = None,
+    teacher_text: Tensor | None = None,
+    config: LossConfig | None = None,
+    teacher_grad: bool = False,
+) -> dict[str, Tensor]:
+    """LGR-NET's total loss (Eq. 8) L = Σ_i [L_box + λ_giou·L_giou](b_i) + λ·L_align, plus EpmVG's
+    distillation terms on [VLS]/[CLS] when teacher tensors are given (as `grounding_loss`).
+
+    The paper's L_box is L1 (`LossConfig.box="l1"`, `--box-loss l1`). L_align runs over the global
+    batch under DDP (`gather_across_ranks`); "align_batch" records how many pairs it saw. With λ = 0
+    the term is still computed (times 0) so that its parameters get a (zero) gradient, which DDP needs.
+    """
+    config = config or LossConfig()
+    if output.layer_boxes is None or output.f_obj is None or output.f_sent is None:
+        raise ValueError("lgrnet_loss needs an LGR-NET output (layer_boxes, f_obj, f_sent)")
+    target_box = target_box.float()
+    box, giou = layer_summed_box_loss(output.layer_boxes.float(), target_box, config.box)
+    f_obj, f_sent = gather_across_ranks(output.f_obj), gather_across_ranks(output.f_sent)
+    terms = {"box": box, "giou": giou, "align": info_nce_loss(f_obj, f_sent, output.log_temperature)}
+    total = box + config.giou_weight * giou + config.align_weight * terms["align"]
+    teachers = (
+        ("distill_image", output.vls, teacher_image, config.image_term, config.image_weight),
+        ("distill_text", output.cls, teacher_text, config.text_term, config.text_weight),
+    )
+    for name, token, teacher, on, weight in teachers:
+        if on and teacher is not None:
+            terms[name] = distillation_loss(token.float(), teacher, config.distill, teacher_grad)
+            total = total + weight * terms[name]
+    terms["align_batch"] = torch.tensor(float(len(f_obj)), device=total.device)
+    terms["total"] = total
+    return terms
+
+
 __all__ = [
     "LossConfig",
+    "gather_across_ranks",
+    "info_nce_loss",
+    "layer_summed_box_loss",
+    "lgrnet_loss",
     "box_regression_loss",
     "distillation_loss",
     "giou_loss",

@@ -68,6 +68,31 @@ class TeacherTargets:
         return image.float(), text.float()
 
 
+class BadTargetsError(ValueError):
+    """A store whose rows cannot be distillation targets: not finite, or all zeros (never written)."""
+
+
+def check_rows(path: Path, table: str, values: np.ndarray, keys: list[str]) -> None:
+    """Refuse a table with a non-finite or all-zero row (per variant), naming the first one.
+
+    A complete store should hold neither (writes refuse NaN, finalize refuses unwritten shards), but a
+    copied, edited or half-synced store can; one such row would turn the cosine loss into NaN, or
+    silently into a pull towards nothing.
+    """
+    embeddings = values.reshape(len(values), -1, values.shape[-1])  # [rows, variants, d]
+    not_finite = ~np.isfinite(embeddings).all(axis=-1).all(axis=-1)
+    all_zero = ~(embeddings != 0).any(axis=-1).all(axis=-1)
+    bad = np.flatnonzero(not_finite | all_zero)
+    if len(bad):
+        row = int(bad[0])
+        what = "is not finite" if not_finite[row] else "is all zeros"
+        key = keys[row] if row < len(keys) else "?"
+        raise BadTargetsError(
+            f"{path}: {table} row {row} ({key!r}) {what} ({len(bad)} bad row(s) in {table}); "
+            f"check it with `epmvg cache verify {path}` and rebuild it with `epmvg cache build --force`"
+        )
+
+
 def open_store(path: Path) -> storage.FeatureStore:
     """Open a complete store read-only, warning when its teacher had random weights."""
     store = storage.FeatureStore.open(path)
@@ -99,13 +124,16 @@ def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, A
         rows[split] = {
             name.split("/", 1)[1]: torch.from_numpy(store.load_index(name).astype(np.int64)) for name in names
         }
+    tables = {table: store.load_table(table) for table in (IMAGES, TEXTS)}
+    for table, values in tables.items():
+        check_rows(path, table, values, store.table_keys(table))
     view_embeddings = view_params = None
     if VIEWS in store.tables():
         view_embeddings = torch.from_numpy(store.load_table(VIEWS))
         view_params = np.rint(store.load_table(VIEW_PARAMS)).astype(np.int64)  # exact integers
     return TeacherTargets(
-        image_embeddings=torch.from_numpy(store.load_table(IMAGES)),
-        text_embeddings=torch.from_numpy(store.load_table(TEXTS)),
+        image_embeddings=torch.from_numpy(tables[IMAGES]),
+        text_embeddings=torch.from_numpy(tables[TEXTS]),
         rows=rows,
         fingerprint=store.fingerprint,
         view_embeddings=view_embeddings,

@@ -22,13 +22,15 @@ import torch
 from PIL import Image
 
 from pipeline.data import file_sha256
+from pipeline.data.images import read_rgb
 from pipeline.data.transforms import student_view_image
+from pipeline.errors import ExpectedError
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
 RANDOM_TEACHER_SEED = 0
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(ExpectedError, RuntimeError):
     """The teacher's weights cannot be had (offline, wrong tag, missing file)."""
 
 
@@ -189,12 +191,10 @@ class Teacher:
 
     def load_image(self, path: Path) -> torch.Tensor:
         """Decode and preprocess one image to the teacher's input tensor [3, S, S]."""
-        with Image.open(path) as image:
-            if self.config.jpeg_draft:
-                # JPEG DCT scaling decodes at 1/2..1/8 size for far less work; the result still
-                # covers the teacher's input size, so only the resampling filter's input changes.
-                image.draft("RGB", (self.image_size, self.image_size))
-            return self.preprocess(image)
+        # JPEG DCT scaling decodes at 1/2..1/8 size for far less work; the result still covers the
+        # teacher's input size, so only the resampling filter's input changes.
+        draft = (self.image_size, self.image_size) if self.config.jpeg_draft else None
+        return self.preprocess(read_rgb(path, draft_size=draft))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The one preprocessing of every teacher input (cache and online): [3, S, S] float32."""

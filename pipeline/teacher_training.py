@@ -31,7 +31,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import open_clip
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from open_clip_train.scheduler import cosine_lr
 
 from pipeline.data import (
     Sample,
@@ -321,18 +322,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    warmup = max(1, round(warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
@@ -365,9 +354,7 @@ def _fit(model: torch.nn.Module, data: _TrainPairs, config: TeacherTrainingConfi
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(total_steps, config.warmup_fraction)
-    )
+    set_lr = cosine_lr(optimizer, config.lr, max(1, round(config.warmup_fraction * total_steps)), total_steps)
     loss_fn = open_clip.loss.ClipLoss()
     image_of_pair, text_of_pair = torch.tensor(data.image_of_pair), torch.tensor(data.text_of_pair)
     # channels_last makes the ResNet tower's CPU convolutions about 1.6x faster; the checkpoint is
@@ -397,8 +384,8 @@ def _fit(model: torch.nn.Module, data: _TrainPairs, config: TeacherTrainingConfi
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            set_lr(step)
             optimizer.step()
-            schedule.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
             losses.append(loss.detach().item())

@@ -115,7 +115,7 @@ def plan_views(dataset: str, data_root: Path, image_row: np.ndarray, spec: ViewS
 
 
 def params_table(items: Sequence[str]) -> np.ndarray:
-    """[rows, K, 13] float32: the stored choices of a shard of `embed_views` items."""
+    """[rows, K, ROW_LENGTH] float32: the stored choices of a shard of `embed_views` items."""
     return np.asarray([json.loads(item)[3] for item in items], dtype=np.float32)
 
 

@@ -40,7 +40,8 @@ def open_group(root: Path, writable: bool = False) -> zarr.Group:
         raise NotAStoreError(f"{root} is not a feature store (no directory with a Zarr group in it)")
     try:
         return zarr.open_group(LocalStore(root, read_only=not writable), mode="r+" if writable else "r")
-    except (ValueError, FileNotFoundError) as exc:  # zarr metadata errors are ValueErrors
+    # zarr metadata errors are ValueErrors; a zarr.json of the wrong JSON shape raises the others
+    except (ValueError, FileNotFoundError, TypeError, KeyError, AttributeError) as exc:
         raise NotAStoreError(f"{root} is not a feature store: {exc}") from exc
 
 

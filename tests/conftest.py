@@ -12,3 +12,20 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "splits").is_dir():
         pytest.fail(f"real sample data not found at {SHARED_DATA}: the checkout must sit beside shared/")
     return SHARED_DATA
+
+
+def write_tiny_checkpoint(path: Path, data_root: Path, dataset: str = "shapes") -> Path:
+    """A tiny, untrained student's checkpoint: what eval and predict read, without a training run."""
+    from pipeline.engine.checkpoint import save_checkpoint
+    from pipeline.engine.config import TrainConfig
+    from pipeline.student import build_student, student_preset
+
+    student_config = student_preset("tiny", image_size=64)
+    train_config = TrainConfig(dataset=dataset, data_root=data_root, distill="none", student="tiny")
+    payload = {
+        "model": build_student(student_config, pretrained=False).state_dict(),
+        "student_config": student_config.to_dict(),
+        "train_config": train_config.to_dict(),
+    }
+    save_checkpoint(path, payload)
+    return path

@@ -52,6 +52,18 @@ def test_step_bench_reports_all_modes_flops_and_the_end_to_end_loader(tmp_path):
     assert end_to_end["steps"] == 2 and end_to_end["images_per_s"] > 0
 
 
+def test_step_bench_measures_the_lgrnet_student(tmp_path):
+    report = run_bench(
+        "bench.step_bench",
+        *("--student", "lgrnet-tiny", "--image-size", "64", "--batch-size", "4", "--teacher", TINY_TEACHER),
+        *("--steps", "1", "--rounds", "1", "--workers", "0", "--workdir", str(tmp_path)),
+        cwd=REPO,
+    )
+    assert (report["student"], report["architecture"]) == ("lgrnet-tiny", "lgrnet")
+    assert all(row["ms_per_step"] > 0 for row in report["results"].values())
+    assert report["student_step_gflop"] > 0
+
+
 def test_epoch_bench_times_persistent_and_restarted_workers_side_by_side(tmp_path):
     report = run_bench(
         "bench.epoch_bench",

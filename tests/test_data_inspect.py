@@ -71,5 +71,5 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "splits/referit").mkdir(parents=True)
     (tmp_path / "splits/referit/referit_val.pth").write_bytes(b"garbage")
     broken = runner.invoke(app, ["inspect", "referit", "--data-root", str(tmp_path)])
-    assert broken.exit_code == 1 and "error:" in broken.stderr and "referit_val.pth" in broken.stderr
+    assert broken.exit_code == 2 and "error:" in broken.stderr and "referit_val.pth" in broken.stderr
     assert "Traceback" not in broken.output

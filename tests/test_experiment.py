@@ -8,6 +8,7 @@ import pytest
 import pipeline.experiment as experiment
 from pipeline.data import image_subset
 from pipeline.data.sample import Sample
+from pipeline.engine.ablations import ablation_config
 from pipeline.engine.config import TrainConfig
 from pipeline.experiment import ExperimentConfig, aggregate, run_experiment
 
@@ -48,6 +49,20 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
     assert a["test acc@0.5"] == pytest.approx(0.3)
     assert a["test acc@0.5 std"] == pytest.approx(math.sqrt(0.02))  # (0.1² + 0.1²) / (2 − 1)
     assert (b["test acc@0.5"], b["test acc@0.5 std"]) == (0.5, 0.0)
+
+
+def test_the_students_study_switches_the_preset_and_keeps_the_rest():
+    base = TrainConfig(dataset="shapes", distill="cached", cache="store", student="shapes", out="runs/x")
+    variants = experiment.STUDENT_VARIANTS
+    runs = {name: ablation_config(base, name, changes) for name, changes in variants.items()}
+    assert [(r.student, r.distill) for r in runs.values()] == [
+        ("shapes", "cached"),
+        ("shapes", "none"),
+        ("lgrnet-shapes", "cached"),
+        ("lgrnet-shapes", "none"),
+    ]
+    assert len({r.out for r in runs.values()}) == 4
+    assert all(r.loss == base.loss and r.epochs == base.epochs for r in runs.values())
 
 
 def test_unknown_study_is_refused():

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
+from pipeline.engine import train as train_module
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.evaluate import evaluate_checkpoint
 from pipeline.engine.frozen_inputs import build_frozen_table, model_inputs
-from pipeline.engine.train import make_collate, train, transform_config_for
+from pipeline.engine.train import Trainer, make_collate, train, transform_config_for
+from pipeline.losses import LossConfig
 from pipeline.student import build_student, student_preset
 
 FROZEN = {"frozen_backbone_stages": 5, "freeze_text_encoder": True, "image_size": 64}
@@ -87,6 +89,48 @@ def test_a_run_on_the_table_evaluates_the_same_through_pixels(shapes_root, tmp_p
     for split in ("val", "test"):
         assert through_pixels[split]["n"] == summary["results"][split]["n"]
         assert through_pixels[split]["miou"] == pytest.approx(summary["results"][split]["miou"], abs=1e-5)
+
+
+def _table_run(shapes_root: Path, out: Path, **changes) -> TrainConfig:
+    settings = dict(
+        dataset="shapes",
+        data_root=shapes_root,
+        out=out,
+        student="tiny",
+        student_overrides=FROZEN,
+        distill="none",
+        epochs=1,
+        lr_drop=1,
+        batch_size=4,
+        augment=False,
+        precompute_frozen=True,
+        frozen_cache=out.parent / "frozen",
+        workers=0,
+        progress=False,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_runs_that_differ_only_in_training_share_the_saved_tables(shapes_root, tmp_path, monkeypatch):
+    first = Trainer(_table_run(shapes_root, tmp_path / "a"))
+    saved = sorted(p.name for p in (tmp_path / "frozen").iterdir())
+    assert [name.split("-")[0] for name in saved] == ["train"]  # eval splits are built when first used
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a saved table was computed again")
+
+    monkeypatch.setattr(train_module, "build_frozen_table", no_build)
+    second = Trainer(_table_run(shapes_root, tmp_path / "b", lr=1e-3, loss=LossConfig(box="l1")))
+    mine, theirs = first.frozen_table("train"), second.frozen_table("train")
+    assert torch.equal(mine.backbone_features, theirs.backbone_features)
+    assert torch.equal(mine.text_states, theirs.text_states)
+    assert torch.equal(mine.box, theirs.box)
+    with pytest.raises(AssertionError, match="computed again"):  # other records: another table
+        Trainer(_table_run(shapes_root, tmp_path / "c", max_samples=5))
+    with pytest.raises(AssertionError, match="computed again"):  # other (seeded random) frozen weights
+        Trainer(_table_run(shapes_root, tmp_path / "e", seed=3))
+    with pytest.raises(AssertionError, match="computed again"):  # other frozen-branch settings
+        Trainer(_table_run(shapes_root, tmp_path / "d", student_overrides={**FROZEN, "image_size": 96}))
 
 
 def test_a_fully_frozen_branch_stays_in_eval_mode():

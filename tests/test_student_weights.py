@@ -102,6 +102,20 @@ def test_a_backbone_file_of_another_architecture_is_rejected(tmp_path):
         build_backbone(student_preset("tiny", backbone_weights=str(path)))
 
 
+def test_a_port_whose_order_swaps_same_shaped_tensors_is_rejected(tmp_path):
+    """BatchNorm's weight, bias, running_mean and running_var share a shape: order alone cannot tell."""
+    state = build_backbone(student_preset("tiny", freeze_bn=False)).body.state_dict()
+    names = list(state)
+    first_bn_weight = next(i for i, name in enumerate(names) if name.endswith(".running_mean"))
+    names[first_bn_weight], names[first_bn_weight + 1] = names[first_bn_weight + 1], names[first_bn_weight]
+    assert state[names[first_bn_weight]].shape == state[names[first_bn_weight + 1]].shape
+    swapped = {f"port.{i}.{name.rsplit('.', 1)[-1]}": state[name] for i, name in enumerate(names)}
+    path = tmp_path / "swapped_port.pth"
+    torch.save(swapped, path)
+    with pytest.raises(ValueError, match="a different kind of tensor"):
+        build_backbone(student_preset("tiny", backbone_weights=str(path)))
+
+
 @pytest.fixture
 def offline(monkeypatch):
     # huggingface_hub reads HF_HUB_OFFLINE once at import; patch the parsed value as well.

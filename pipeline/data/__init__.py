@@ -18,10 +18,12 @@ from pipeline.data.datasets import (
     file_sha256,
     is_jsonl_dataset,
     load_split,
+    max_query_len,
 )
 from pipeline.data.errors import (
     DataError,
     DataProblemsError,
+    ImagePathOutsideRootError,
     MissingImagesError,
     SplitFormatError,
     SplitNotFoundError,
@@ -56,6 +58,7 @@ __all__ = [
     "DataProblemsError",
     "DatasetSpec",
     "EvalTransform",
+    "ImagePathOutsideRootError",
     "GroundingCollate",
     "GroundingDataset",
     "MissingImagesError",
@@ -85,6 +88,7 @@ __all__ = [
     "load_pickle",
     "load_split",
     "make_shapes",
+    "max_query_len",
     "normalize_expression",
     "open_rgb",
     "select_samples",

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from pipeline.data.errors import DataError, UnknownDatasetError
+from pipeline.cli_errors import one_line_errors
+from pipeline.data.errors import UnknownDatasetError
 from pipeline.data.inspect import inspect_dataset
 from pipeline.data.shapes import make_shapes
 
 app = typer.Typer(
     help="Inspect grounding datasets and generate the synthetic 'shapes' dataset.", no_args_is_help=True
 )
-
-
-def _fail(error: Exception) -> NoReturn:
-    """Report an expected data problem in one line, without a traceback."""
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _format_lengths(lengths: dict[str, Any]) -> str:
@@ -72,6 +67,7 @@ def format_inspection(result: dict[str, Any]) -> str:
 
 
 @app.command("inspect")
+@one_line_errors
 def inspect_command(
     dataset: Annotated[
         str, typer.Argument(help="Registered name (refcoco, refcoco+, refcocog, ...) or a .jsonl file.")
@@ -89,12 +85,11 @@ def inspect_command(
         result = inspect_dataset(dataset, data_root, check_images=check_images)
     except UnknownDatasetError as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from None
-    except DataError as exc:
-        _fail(exc)
     typer.echo(json.dumps(result, indent=2) if as_json else format_inspection(result))
 
 
 @app.command("make-shapes")
+@one_line_errors
 def make_shapes_command(
     out: Annotated[
         Path, typer.Option("--out", help="DATA_ROOT to write images/shapes and splits/shapes into.")
@@ -104,10 +99,7 @@ def make_shapes_command(
     image_size: Annotated[int, typer.Option("--image-size", min=64, help="Image width and height.")] = 256,
 ) -> None:
     """Generate the synthetic 'shapes' dataset (train/val/test 80/10/10 of the images)."""
-    try:
-        summary = make_shapes(out, n=n, seed=seed, image_size=image_size)
-    except OSError as exc:
-        _fail(exc)
+    summary = make_shapes(out, n=n, seed=seed, image_size=image_size)
     per_split = ", ".join(
         f"{split} {info['images']}/{info['records']}" for split, info in summary["splits"].items()
     )

@@ -18,6 +18,7 @@ from pipeline.data.readers import BoxFormat, jsonl_splits, read_jsonl, read_refe
 from pipeline.data.sample import Sample
 
 COCO_TRAIN_IMAGES = "images/mscoco/train2014"
+DEFAULT_MAX_QUERY_LEN = 20  # TransVG's default, for datasets outside the registry
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ def dataset_spec(name: str) -> DatasetSpec:
         raise UnknownDatasetError(
             f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)} (or a path to a .jsonl file)"
         ) from None
+
+
+def max_query_len(dataset: str | Path) -> int:
+    """The student's text length (tokens) for `dataset`: the registry's, or TransVG's default for JSONL."""
+    if is_jsonl_dataset(dataset):
+        return DEFAULT_MAX_QUERY_LEN
+    return dataset_spec(str(dataset)).max_query_len
 
 
 def _require_data_root(data_root: Path | str | None, dataset: str) -> Path:

@@ -24,6 +24,10 @@ class SplitFormatError(DataError, ValueError):
     """A split source that parses but does not have the expected record layout."""
 
 
+class ImagePathOutsideRootError(SplitFormatError):
+    """Records whose image path leaves the image directory (`..`, or a symlink that points out of it)."""
+
+
 class UnsafePickleError(DataError, pickle.UnpicklingError):
     """A pickle that asks for a global outside the allow-list (or for tensor storages)."""
 

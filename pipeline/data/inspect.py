@@ -9,11 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.datasets import available_splits, dataset_spec, is_jsonl_dataset, load_split
+from pipeline.data.datasets import (
+    DEFAULT_MAX_QUERY_LEN,
+    available_splits,
+    dataset_spec,
+    is_jsonl_dataset,
+    load_split,
+)
 from pipeline.data.sample import Sample
 from pipeline.data.validate import PROBLEM_KINDS, validate_samples
-
-DEFAULT_MAX_QUERY_LEN = 20  # TransVG's default, for datasets outside the registry
 
 
 def default_tokenizer() -> Any:

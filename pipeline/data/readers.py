@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.data.errors import SplitFormatError, SplitNotFoundError
+from pipeline.data.errors import ImagePathOutsideRootError, SplitFormatError, SplitNotFoundError
 from pipeline.data.safe_pickle import load_pickle
 from pipeline.data.sample import Sample
 
@@ -102,20 +102,61 @@ def _image_key(relative: str, where: str) -> str:
     return key.as_posix()
 
 
+class ImagePaths:
+    """The one place a record's image name becomes a file path; refuses names that leave the root.
+
+    A split file or JSONL line is untrusted: `../..` or a symlink out of the image directory would put
+    an outside file's pixels into the cache and gallery, and "missing" messages would reveal whether
+    it exists. Such names are counted, not resolved further, and `check()` refuses them all at once.
+    The root itself may be a symlink (images often live on another disk); only what lies below it is
+    held to it. Each distinct name is resolved once (images repeat ~7x per split file).
+    """
+
+    def __init__(self, image_dir: Path, source: Path) -> None:
+        self.image_dir = image_dir
+        self.real_root = image_dir.resolve()
+        self.source = source
+        self._seen: dict[str, tuple[str, Path] | None] = {}
+        self.outside: list[str] = []  # one `where: name` per refused record
+
+    def _resolve(self, relative: str, where: str) -> tuple[str, Path] | None:
+        key = _image_key(relative, where)
+        path = self.image_dir / key
+        if ".." in PurePosixPath(key).parts or not path.resolve().is_relative_to(self.real_root):
+            return None
+        return key, path
+
+    def get(self, relative: str, where: str) -> tuple[str, Path]:
+        """(key, path) of an image name; a refused name is recorded and gets a placeholder."""
+        if relative not in self._seen:
+            self._seen[relative] = self._resolve(relative, where)
+        resolved = self._seen[relative]
+        if resolved is None:
+            self.outside.append(f"{where}: {relative!r}")
+            return relative, self.image_dir
+        return resolved
+
+    def check(self) -> None:
+        """Raise `ImagePathOutsideRootError` with the count and the first offenders, if any."""
+        if self.outside:
+            shown = "; ".join(self.outside[:3])
+            raise ImagePathOutsideRootError(
+                f"{self.source}: {len(self.outside)} record(s) name an image outside {self.image_dir} "
+                f"(a '..' or a symlink out of it), e.g. {shown}; refusing to read outside the data root"
+            )
+
+
 def read_resc_split(path: Path, split: str, image_dir: Path, box_format: BoxFormat) -> list[Sample]:
     """All records of one ReSC/TransVG split file as samples (images are not opened)."""
     records = load_pickle(path)
     if not isinstance(records, list):
         raise SplitFormatError(f"{path}: expected a list of records, got {type(records).__name__}")
     samples = []
-    image_paths: dict[str, tuple[str, Path]] = {}  # images repeat ~7x; building paths dominated loading
+    image_paths = ImagePaths(image_dir, path)
     for index, record in enumerate(records):
         where = f"{path}: record {index}"
         parsed = parse_resc_record(record, box_format, where)
-        if parsed.image_file not in image_paths:
-            key = _image_key(parsed.image_file, where)
-            image_paths[parsed.image_file] = key, image_dir / key
-        key, image_path = image_paths[parsed.image_file]
+        key, image_path = image_paths.get(parsed.image_file, where)
         samples.append(
             Sample(
                 image_path=image_path,
@@ -127,6 +168,7 @@ def read_resc_split(path: Path, split: str, image_dir: Path, box_format: BoxForm
                 index=index,
             )
         )
+    image_paths.check()
     return samples
 
 
@@ -159,6 +201,7 @@ def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_di
         raise SplitFormatError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
     coco = _load_coco(instances_path)
     samples: list[Sample] = []
+    image_paths = ImagePaths(image_dir, refs_path)
     for ref_position, ref in enumerate(refs):
         where = f"{refs_path}: ref {ref_position}"
         if not isinstance(ref, dict) or "split" not in ref:
@@ -176,11 +219,11 @@ def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_di
         box = _as_box(annotation.get("bbox"))
         if box is None:
             raise SplitFormatError(f"{where}: annotation {ref['ann_id']} has no valid bbox")
-        key = _image_key(image_file, where)
+        key, image_path = image_paths.get(image_file, where)
         for sentence in sentences:
             samples.append(
                 Sample(
-                    image_path=image_dir / key,
+                    image_path=image_path,
                     image_key=key,
                     box_xyxy=to_xyxy(box, "xywh"),
                     text=_sentence_text(sentence, where),
@@ -189,6 +232,7 @@ def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_di
                     index=len(samples),
                 )
             )
+    image_paths.check()
     return samples
 
 
@@ -261,13 +305,15 @@ def read_jsonl(path: Path, split: str) -> list[Sample]:
     if split not in splits:
         raise SplitNotFoundError(f"{path}: no split {split!r}; available: {', '.join(splits) or 'none'}")
     samples: list[Sample] = []
+    image_paths = ImagePaths(path.parent, path)
     for record in records:
         if record.split != split:
             continue
+        key, image_path = image_paths.get(record.image, f"{path}:{record.line_number}")
         samples.append(
             Sample(
-                image_path=path.parent / record.image,
-                image_key=record.image,
+                image_path=image_path,
+                image_key=key,
                 box_xyxy=record.box_xyxy,
                 text=record.expression,
                 split=split,
@@ -275,4 +321,5 @@ def read_jsonl(path: Path, split: str) -> list[Sample]:
                 index=len(samples),
             )
         )
+    image_paths.check()
     return samples

@@ -139,6 +139,8 @@ def _load_one(file: IO[bytes], source: str) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise SplitFormatError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    except MemoryError as exc:  # belt and braces: `load_pickle` reads from memory, which prevents it
+        raise SplitFormatError(f"{source}: not a readable pickle (declares more data than fits)") from exc
 
 
 def _load_torch_zip(path: Path) -> Any:
@@ -156,13 +158,13 @@ def _load_torch_zip(path: Path) -> Any:
             return _load_one(io.BytesIO(member.read()), str(path))
 
 
-def _load_legacy_after_magic(file: IO[bytes], source: str) -> Any:
+def _load_legacy_after_magic(file: io.BytesIO, source: str) -> Any:
     protocol = _load_one(file, source)
     if protocol != TORCH_LEGACY_PROTOCOL:
         raise SplitFormatError(f"{source}: unsupported legacy torch protocol version {protocol!r}")
     _load_one(file, source)  # sys_info: endianness and C type sizes, irrelevant without storages
     payload = _load_one(file, source)
-    at_end = file.tell() >= os.fstat(file.fileno()).st_size
+    at_end = file.tell() >= file.getbuffer().nbytes
     storage_keys = [] if at_end else _load_one(file, source)
     if storage_keys:
         raise UnsafePickleError(f"{source}: holds tensor storages; split files hold only builtins and numpy")
@@ -180,7 +182,9 @@ def load_pickle(path: Path | str) -> Any:
         raise SplitNotFoundError(f"{path}: no such file")
     if zipfile.is_zipfile(path):
         return _load_torch_zip(path)
-    with open(path, "rb") as file:
+    # From memory, not from the open file: a pickle may declare a 2^62-byte string, and the unpickler
+    # asks a file for that many bytes at once (MemoryError); a BytesIO returns what there is (truncated).
+    with io.BytesIO(path.read_bytes()) as file:
         first = _load_one(file, str(path))
         is_legacy_torch = type(first) is int and first == TORCH_LEGACY_MAGIC
         return _load_legacy_after_magic(file, str(path)) if is_legacy_torch else first

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.data.errors import MissingImagesError
+from pipeline.data.images import read_rgb
 from pipeline.data.sample import Sample
 from pipeline.data.transforms import Transform, TransformedSample
 
@@ -26,8 +27,7 @@ class ViewSource(Protocol):
 def open_rgb(sample: Sample) -> Image.Image:
     """The sample's image, decoded, in RGB."""
     try:
-        with Image.open(sample.image_path) as image:
-            return image.convert("RGB")
+        return read_rgb(sample.image_path)
     except FileNotFoundError:
         raise MissingImagesError(
             f"{sample.image_path}: image of {sample.split}[{sample.index}] is missing; "

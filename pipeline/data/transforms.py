@@ -47,10 +47,12 @@ class TransformConfig:
     scale_step: float = 0.05  # fraction of image_size between scales: TransVG's 32 px at 640
     crop_prob: float = 0.5
     color_jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - x, 1 + x]
+    jitter_prob: float = 0.8  # TransVG's ColorJitter acts on 80% of the samples, not on all of them
     flip_prob: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pad_position: PadPosition = "bottom_right"
+    translate: bool = False  # TransVG's --aug_translate: training places the image anywhere in the square
 
     def __post_init__(self) -> None:
         if min(self.scales) < 32:
@@ -58,7 +60,7 @@ class TransformConfig:
                 f"image_size {self.image_size} leaves scales below 32 px ({self.scales}); "
                 "use a larger image_size or fewer scales"
             )
-        for name in ("crop_prob", "flip_prob"):
+        for name in ("crop_prob", "flip_prob", "jitter_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.color_jitter < 1.0:
@@ -116,14 +118,14 @@ def _resize(image: Image.Image, box: np.ndarray, width: int, height: int) -> tup
     return resized, _clipped_box(box * scale, resized)
 
 
-def _long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     ratio = size / max(width, height)
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
 def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
     """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
-    return _resize(image, box, *_long_side_size(image.width, image.height, size))
+    return _resize(image, box, *long_side_size(image.width, image.height, size))
 
 
 def _short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -184,9 +186,12 @@ def random_crop_keeping_box(
 _JITTER_ADJUSTMENTS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
 
 
-def draw_jitter(strength: float, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """ColorJitter's brightness, contrast and saturation factors and their order; () when off (no draw)."""
-    if strength == 0:
+def draw_jitter(
+    strength: float, rng: np.random.Generator, prob: float = 1.0
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """ColorJitter's brightness, contrast and saturation factors and their order, with probability
+    `prob`; () when off (strength 0 draws nothing) or when the coin says no."""
+    if strength == 0 or rng.random() >= prob:
         return (), ()
     factors = rng.uniform(1.0 - strength, 1.0 + strength, size=len(_JITTER_ADJUSTMENTS))
     return tuple(float(f) for f in factors), tuple(int(i) for i in rng.permutation(len(_JITTER_ADJUSTMENTS)))
@@ -198,12 +203,15 @@ def apply_jitter(image: Image.Image, factors: Sequence[float], order: Sequence[i
     return image
 
 
-def color_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    """torchvision's ColorJitter(strength, strength, strength), drawing factors and order from `rng`.
+def color_jitter(
+    image: Image.Image, strength: float, rng: np.random.Generator, prob: float = 1.0
+) -> Image.Image:
+    """torchvision's ColorJitter(strength, strength, strength) with probability `prob` (TransVG: 0.8),
+    drawing the coin, the factors and the order from `rng`.
 
     Applied to the PIL image: PIL's enhancers are ~50x faster than the uint8-tensor kernels on CPU.
     """
-    return apply_jitter(image, *draw_jitter(strength, rng))
+    return apply_jitter(image, *draw_jitter(strength, rng, prob))
 
 
 def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]:
@@ -212,7 +220,7 @@ def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]
     return F.horizontal_flip(image), np.array([image.width - x2, y1, image.width - x1, y2])
 
 
-def _pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
+def pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
     """(top, left) of the image inside the padded square."""
     if config.pad_position == "bottom_right":
         return 0, 0
@@ -222,9 +230,12 @@ def _pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int,
 
 
 def normalize_and_pad(
-    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig
+    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig, offsets: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh."""
+    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh.
+
+    `offsets`: (top, left) of the image in the square; default `config.pad_position`'s.
+    """
     size = config.image_size
     height, width = pixels.shape[-2:]
     if height > size or width > size:
@@ -232,7 +243,7 @@ def normalize_and_pad(
     normalized = F.normalize(
         F.to_dtype(pixels, torch.float32, scale=True), list(config.mean), list(config.std)
     )
-    top, left = _pad_offsets(config, height, width)
+    top, left = offsets if offsets is not None else pad_offsets(config, height, width)
     padded = torch.zeros((3, size, size), dtype=torch.float32)
     padded[:, top : top + height, left : left + width] = normalized
     mask = torch.ones((size, size), dtype=torch.bool)
@@ -278,17 +289,19 @@ class AugmentParams:
     jitter_factors: tuple[float, ...] = ()  # () : no colour jitter
     jitter_order: tuple[int, ...] = ()
     flipped: bool = False
+    offsets: tuple[int, int] | None = None  # (top, left) in the square (--aug-translate); None: the config's
 
     # As a row of integers (the store keeps index arrays of int32). Jitter factors are kept in
     # millionths: the cache and the trainer both apply the decoded row, so they see the same pixels.
-    ROW_LENGTH = 13
+    ROW_LENGTH = 15
     _FACTOR_UNIT = 1_000_000
 
     def to_row(self) -> list[int]:
         crop = self.crop or (0, 0, 0, 0)
         factors = [round(f * self._FACTOR_UNIT) for f in self.jitter_factors] or [0, 0, 0]
         order = list(self.jitter_order) or [-1, -1, -1]
-        return [self.crop_short_side, *crop, self.scale, *factors, *order, int(self.flipped)]
+        offsets = list(self.offsets) if self.offsets is not None else [-1, -1]
+        return [self.crop_short_side, *crop, self.scale, *factors, *order, int(self.flipped), *offsets]
 
     @classmethod
     def from_row(cls, row: Sequence[int]) -> AugmentParams:
@@ -304,6 +317,7 @@ class AugmentParams:
             jitter_factors=tuple(v / cls._FACTOR_UNIT for v in values[6:9]) if jittered else (),
             jitter_order=tuple(values[9:12]) if jittered else (),
             flipped=bool(values[12]),
+            offsets=(values[13], values[14]) if values[13] >= 0 else None,
         )
 
 
@@ -326,9 +340,20 @@ def draw_augment_params(
         resized = np.clip(box * scale, 0.0, [new_width, new_height, new_width, new_height])
         window = crop_window(new_width, new_height, resized, config.crop_size_range, rng)
     longest = int(rng.choice(config.scales))
-    factors, order = draw_jitter(config.color_jitter, rng)
+    factors, order = draw_jitter(config.color_jitter, rng, config.jitter_prob)
     flipped = bool(rng.random() < config.flip_prob)
-    return AugmentParams(short, window, longest, factors, order, flipped)
+    offsets = None
+    if config.translate:  # TransVG's NormalizeAndPad(aug_translate): a uniform place in the square
+        if window is not None:
+            cropped = (window[3], window[2])
+        else:
+            cropped = _short_side_size(width, height, short) if short else (width, height)
+        final_width, final_height = long_side_size(*cropped, longest)
+        offsets = (
+            int(rng.integers(0, config.image_size - final_height + 1)),
+            int(rng.integers(0, config.image_size - final_width + 1)),
+        )
+    return AugmentParams(short, window, longest, factors, order, flipped, offsets)
 
 
 def apply_augment_params(
@@ -347,7 +372,7 @@ def apply_augment_params(
     if params.flipped:
         image, box = hflip(image, box)
         out_text = swap_left_right(text)
-    padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config)
+    padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config, params.offsets)
     return TransformedSample(
         padded, mask, box_cxcywh, out_text, params.flipped, text_swapped=out_text != text
     )
@@ -384,9 +409,9 @@ class EvalTransform:
         """The normalized cxcywh box `__call__` gives for an image of `image_size` (width, height),
         computed without its pixels: several records of one image need one decode."""
         width, height = image_size
-        new_width, new_height = _long_side_size(width, height, self.config.image_size)
+        new_width, new_height = long_side_size(width, height, self.config.image_size)
         clipped = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
         scale = np.array([new_width / width, new_height / height] * 2)
         resized = np.clip(clipped * scale, 0.0, [new_width, new_height, new_width, new_height])
-        top, left = _pad_offsets(self.config, new_height, new_width)
+        top, left = pad_offsets(self.config, new_height, new_width)
         return _padded_cxcywh(resized, top, left, self.config.image_size)

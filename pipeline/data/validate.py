@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.data.errors import DataProblemsError, MissingImagesError
+from pipeline.data.images import BadImageError, check_declared_size
 from pipeline.data.sample import Sample
 
 MISSING_IMAGE = "missing_image"
@@ -88,11 +89,14 @@ def probe_image(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as image:
             size = image.size
+            check_declared_size(path, size)
             if image.format == "JPEG":
                 if not _jpeg_is_complete(path):
                     return "truncated JPEG (no end-of-image marker)"
             else:
                 image.load()
+    except BadImageError as exc:
+        return str(exc).removeprefix(f"{path}: ")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return size

@@ -1,19 +1,25 @@
-"""EpmVG's ablation grid: every variant trained from one baseline config against one teacher cache.
+"""The ablation grids: every variant trained from one baseline config against one teacher cache.
 
 The baseline is a whole TrainConfig, so the grid runs with whatever the baseline run uses (DETR
-initialisation, schedule, DDP under torchrun, `--resume` of an interrupted grid).
+initialisation, schedule, DDP under torchrun, `--resume` of an interrupted grid). Which grid runs
+follows the baseline's student architecture (`ABLATION_GRIDS`): EpmVG's distillation grid for
+TransVG, LGR-NET's paper ablations for LGR-NET.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.checkpoint import LAST
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, shutdown_distributed
-from pipeline.engine.train import Trainer
+from pipeline.engine.train import Trainer, student_config_for
+
+LGRNET_LAYERS = (1, 2, 4, 6)
 
 
 def ablation_grid() -> dict[str, dict[str, Any]]:
@@ -30,23 +36,75 @@ def ablation_grid() -> dict[str, dict[str, Any]]:
     return grid
 
 
+def lgrnet_ablation_grid(base: TrainConfig) -> dict[str, dict[str, Any]]:
+    """LGR-NET's ablations around the baseline run (its preset's N layers, λ = loss.align_weight):
+    coordinate embedding off, concat instead of add, L_align off (λ = 0) at the baseline batch and at
+    half of it (L_align's negatives are the batch), N ∈ {1, 2, 4, 6}, two prediction tokens.
+
+    "student" changes are StudentConfig fields, merged over the baseline's own overrides.
+    """
+    layers = student_config_for(base).vl_layers
+    weight, batch = base.loss.align_weight, base.batch_size
+    half = max(2, batch // 2)
+    grid: dict[str, dict[str, Any]] = {
+        f"lgrnet N={layers} lambda={weight} batch={batch}": {},
+        "no coord embedding": {"student": {"coord_embedding": False}},
+        "coord concat": {"student": {"coord_fusion": "concat"}},
+        f"lambda=0 batch={batch}": {"loss": {"align_weight": 0.0}},
+        f"lambda={weight} batch={half}": {"batch_size": half},
+        f"lambda=0 batch={half}": {"loss": {"align_weight": 0.0}, "batch_size": half},
+    }
+    for count in LGRNET_LAYERS:
+        if count != layers:
+            grid[f"N={count}"] = {"student": {"vl_layers": count}}
+    grid["2 prediction tokens"] = {"student": {"prediction_tokens": 2}}
+    return grid
+
+
+def _epmvg_grid(base: TrainConfig) -> dict[str, dict[str, Any]]:
+    return ablation_grid()
+
+
+# Keyed by StudentConfig.architecture, like the student registry.
+ABLATION_GRIDS: dict[str, Callable[[TrainConfig], dict[str, dict[str, Any]]]] = {
+    "transvg": _epmvg_grid,
+    "lgrnet": lgrnet_ablation_grid,
+}
+
+
+def grid_for(base: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The ablation grid of the baseline's student architecture."""
+    return ABLATION_GRIDS[student_config_for(base).architecture](base)
+
+
 def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any]) -> TrainConfig:
-    """The baseline with one variant's changes, in its own run folder under the baseline's."""
+    """The baseline with one variant's changes, in its own run folder under the baseline's.
+
+    changes: "loss" (LossConfig fields), "student" (student-config fields over the baseline's),
+    "preset" (another student preset), or any other TrainConfig field.
+    """
     loss = replace(base.loss, **changes.get("loss", {}))
-    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
-    updates = {key: value for key, value in changes.items() if key != "loss"}
-    return replace(base, loss=loss, out=Path(base.out) / slug, **updates)
+    student = {**base.student_overrides, **changes.get("student", {})}
+    slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace(",", "")
+    updates = {key: value for key, value in changes.items() if key not in ("loss", "student", "preset")}
+    if "preset" in changes:
+        updates["student"] = changes["preset"]
+    out = Path(base.out) / slug
+    # A grid resumed after a crash: variants that never saved a checkpoint start afresh.
+    resume = base.resume and (out / LAST).is_file()
+    return replace(base, loss=loss, student_overrides=student, out=out, resume=resume, **updates)
 
 
 def run_ablations(base: TrainConfig) -> Path:
-    """Train every variant of the grid; write results.md and results.csv into `base.out`.
+    """Train every variant of the baseline's grid (`grid_for`); write results.md and results.csv into
+    `base.out`.
 
     Under torchrun the variants share one process group, which is left only after the last.
     """
     accuracies: dict[str, dict[str, float]] = {}
     env = DistEnv()
     try:
-        for name, changes in ablation_grid().items():
+        for name, changes in grid_for(base).items():
             trainer = Trainer(ablation_config(base, name, changes))
             env = trainer.env
             summary = trainer.fit()
@@ -56,7 +114,8 @@ def run_ablations(base: TrainConfig) -> Path:
         shutdown_distributed(env)
     out = Path(base.out)
     if env.is_main:
-        write_ablation_tables(accuracies, out, f"# Ablations on {base.dataset}\n\nCache: `{base.cache}`\n")
+        header = f"# Ablations of {base.student} on {base.dataset}\n\nCache: `{base.cache}`\n"
+        write_ablation_tables(accuracies, out, header)
     return out / "results.md"
 
 

@@ -7,12 +7,22 @@ checkpoint downloaded from somewhere cannot execute anything on load.
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 LAST, BEST = "last.pt", "best.pt"
+# What torch.load raises for empty (EOF), truncated (zip reader), refused or hostile files.
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, MemoryError, ValueError)
+RUN_KEYS = ("model", "student_config", "train_config")  # what eval, predict and diagnose read
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this project (empty, truncated, another kind)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -32,11 +42,29 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk or a kill mid-write: leave no half-written `.tmp` beside the good checkpoint.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, required: Iterable[str] = RUN_KEYS) -> dict[str, Any]:
+    """The checkpoint's payload; `CheckpointError` when it cannot be read or lacks a `required` key."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this project (holds a {type(payload).__name__})")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no {', '.join(missing)})")
+    return payload

@@ -47,8 +47,10 @@ class TrainConfig:
     max_samples: int | None = None  # per split, for quick runs
     train_fraction: float = 1.0  # a seeded fraction of the train images (data-size experiments)
     augment: bool = True  # False: train on the eval transform (overfitting checks)
+    aug_translate: bool = False  # TransVG's --aug_translate: a random place in the padded square
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
+    frozen_cache: Path | None = None  # a folder where precomputed tables are kept for later runs
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
@@ -78,6 +80,10 @@ class TrainConfig:
         default_epochs, default_drop = paper_schedule(self.dataset)
         if self.epochs is None:
             self.epochs = default_epochs
+        if self.epochs < 1:  # 0 would "finish" at once with no checkpoint; -1 the same, more confusingly
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.lr_drop is None:
             self.lr_drop = default_drop if self.epochs == default_epochs else max(1, (2 * self.epochs) // 3)
 
@@ -94,7 +100,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["loss"] = LossConfig(**values.get("loss", {}))
-        for key in ("data_root", "out", "cache"):
+        for key in ("data_root", "out", "cache", "frozen_cache"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["eval_splits"] = tuple(values.get("eval_splits", ()))

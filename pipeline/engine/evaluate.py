@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
 from pipeline.data.torch_dataset import GroundingDataset
+from pipeline.data.transforms import TransformConfig, long_side_size, pad_offsets
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
 from pipeline.engine.frozen_inputs import model_inputs
@@ -26,14 +27,21 @@ class Prediction:
     box_xyxy: tuple[float, float, float, float]  # predicted box, pixels of the original image
 
 
-def to_pixels(box_cxcywh: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
-    """Normalized input coordinates → original-image pixels.
+def to_pixels(box_cxcywh: torch.Tensor, image_size: torch.Tensor, config: TransformConfig) -> torch.Tensor:
+    """Normalized input coordinates → original-image pixels (xyxy): the eval transform undone.
 
-    The eval transform scales the longest side to S and pads bottom/right, so a normalized
-    coordinate times the original longest side is the pixel coordinate.
+    The eval transform resizes the longest side to S (each axis by its own rounded size) and pads
+    where `config.pad_position` says; both are undone per image, so centred padding maps back too.
     """
-    longest = image_size.float().max(dim=-1, keepdim=True).values
-    return box_convert(box_cxcywh, "cxcywh", "xyxy") * longest
+    xyxy = box_convert(box_cxcywh, "cxcywh", "xyxy") * config.image_size
+    placements = []
+    for width, height in image_size.tolist():
+        new_width, new_height = long_side_size(width, height, config.image_size)
+        top, left = pad_offsets(config, new_height, new_width)
+        placements.append([left, top, width / new_width, height / new_height])
+    placement = torch.tensor(placements, dtype=xyxy.dtype, device=xyxy.device)
+    offset, scale = placement[:, [0, 1, 0, 1]], placement[:, [2, 3, 2, 3]]
+    return (xyxy - offset) * scale
 
 
 def eval_loader(
@@ -59,10 +67,15 @@ def eval_loader(
 
 @torch.no_grad()
 def predict_split(
-    model: torch.nn.Module, loader: DataLoader, env: DistEnv, device: torch.device, autocast: Callable
+    model: torch.nn.Module,
+    loader: DataLoader,
+    env: DistEnv,
+    device: torch.device,
+    autocast: Callable,
+    transform_config: TransformConfig,
 ) -> list[Prediction]:
     """Every record of the loader's split exactly once across ranks (`eval_loader`), gathered on
-    every rank."""
+    every rank; pixel boxes undo `transform_config`'s eval transform."""
     model.eval()
     local: list[Prediction] = []
     for batch in loader:
@@ -70,7 +83,7 @@ def predict_split(
             output = model(**model_inputs(batch, device))
         box = clamp_normalized(box_convert(output.box.float().cpu(), "cxcywh", "xyxy"))
         ious = box_iou_pairs(box, box_convert(batch["box"], "cxcywh", "xyxy"))
-        pixels = to_pixels(box_convert(box, "xyxy", "cxcywh"), batch["image_size"])
+        pixels = to_pixels(box_convert(box, "xyxy", "cxcywh"), batch["image_size"], transform_config)
         for i, index in enumerate(batch["index"].tolist()):
             local.append(Prediction(index, float(ious[i]), tuple(float(v) for v in pixels[i])))
     predictions = gather_objects(local, env)
@@ -94,31 +107,32 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """The student of a checkpoint with its weights, plus the student and train configs it carries."""
-    from pipeline.engine.checkpoint import load_checkpoint
-    from pipeline.student import StudentConfig, build_student
+    from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.student import StudentConfig, build_student, load_student_weights
 
     payload = load_checkpoint(checkpoint)
-    student_config = StudentConfig.from_dict(payload["student_config"])
-    model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
-    model.load_state_dict(payload["model"])
+    try:
+        student_config = StudentConfig.from_dict(payload["student_config"])
+        model = build_student(student_config, pretrained=False)  # the checkpoint holds every weight
+        load_student_weights(model, payload)
+    except (TypeError, KeyError, RuntimeError) as exc:  # a payload with the right keys but wrong contents
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{checkpoint}: its student cannot be rebuilt ({first_line})") from exc
     return model.to(device).eval(), payload["student_config"], payload["train_config"]
 
 
 @torch.no_grad()
 def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[float, float, float, float]:
     """The box (pixels xyxy) the student grounds `text` to in one image."""
-    from PIL import Image
-
     from pipeline.data import EvalTransform
+    from pipeline.data.images import read_rgb
     from pipeline.engine.train import transform_config_for
     from pipeline.student import build_tokenizer, tokenize
 
     config = model.config
-    with Image.open(image_path) as image:
-        rgb = image.convert("RGB")
-    sample = EvalTransform(transform_config_for(config))(
-        rgb, (0.0, 0.0, 1.0, 1.0), text, np.random.default_rng(0)
-    )
+    rgb = read_rgb(image_path)
+    transform_config = transform_config_for(config)
+    sample = EvalTransform(transform_config)(rgb, (0.0, 0.0, 1.0, 1.0), text, np.random.default_rng(0))
     token_ids, token_mask = tokenize([text], build_tokenizer(config), config.max_query_len)
     device = next(model.parameters()).device
     output = model(
@@ -127,7 +141,7 @@ def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[
         token_ids.to(device),
         token_mask.to(device),
     )
-    box = to_pixels(output.box.float().cpu(), torch.tensor([rgb.size]))[0]
+    box = to_pixels(output.box.float().cpu(), torch.tensor([rgb.size]), transform_config)[0]
     return tuple(float(v) for v in box)
 
 
@@ -161,12 +175,15 @@ def evaluate_checkpoint(
     model, _, train_config = load_student(checkpoint, device)
     config = data_config_for(train_config, data_root, dataset, skip_missing)
     splits = splits or [s for s in available_splits(config.dataset, data_root) if s != config.train_split]
-    transform = EvalTransform(transform_config_for(model.config))
+    transform_config = transform_config_for(model.config)
+    transform = EvalTransform(transform_config)
     collate = make_collate(model.config)
     results = {}
     for split in splits:
         data = GroundingDataset(prepare_split(config, split), transform, seed=0)
         loader = eval_loader(data, collate, DistEnv(), batch_size, workers=0)
-        predictions = predict_split(model, loader, DistEnv(), torch.device(device), contextlib.nullcontext)
+        predictions = predict_split(
+            model, loader, DistEnv(), torch.device(device), contextlib.nullcontext, transform_config
+        )
         results[split] = summarize(predictions)
     return results

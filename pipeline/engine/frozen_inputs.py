@@ -11,8 +11,12 @@ minutes. The table gives exactly what the full forward pass computes on the eval
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,6 +164,46 @@ def build_frozen_table(
         index=torch.tensor([s.index for s in samples], dtype=torch.long),
         image_size=torch.tensor([size_of[s.image_key] for s in samples], dtype=torch.long),
     )
+
+
+def table_key(model: torch.nn.Module, settings: dict[str, Any], samples: Sequence[Sample]) -> str:
+    """What a table is a function of, hashed: the weights of the frozen branches, the settings that
+    shape their outputs (the student's and the transform's configs), and each record with its image
+    file's size and modification time."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for branch in model.input_branches:
+        for name, tensor in branch.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    seen: set[Path] = set()
+    for sample in samples:
+        record = [sample.image_key, sample.text, list(sample.box_xyxy), sample.index]
+        if sample.image_path not in seen:
+            seen.add(sample.image_path)
+            stat = os.stat(sample.image_path)
+            record += [stat.st_size, stat.st_mtime_ns]
+        digest.update(json.dumps(record).encode())
+    return digest.hexdigest()[:24]
+
+
+def cached_table(folder: Path | None, name: str, build: Callable[[], FrozenInputTable]) -> FrozenInputTable:
+    """`folder/name.pt` when an earlier run saved it, else `build()` (saved there for the next run).
+
+    Runs that differ only in what they train (loss, seed, distillation) share one table: the
+    experiment's runs and the demo's control compute the frozen branches once. The name carries
+    `table_key`, so a table is never reused for other weights, settings or records.
+    """
+    if folder is None:
+        return build()
+    path = Path(folder) / f"{name}.pt"
+    if path.is_file():
+        return FrozenInputTable(**torch.load(path, weights_only=True))
+    table = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # DDP ranks may save at once; each renames its own
+    torch.save({field.name: getattr(table, field.name) for field in fields(table)}, partial)
+    os.replace(partial, path)
+    return table
 
 
 def table_loader(

@@ -13,6 +13,8 @@ import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.data.images import read_rgb  # noqa: E402
+
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -42,7 +44,7 @@ def plot_gallery(items: list[dict], out: Path, columns: int = 4) -> Path:
     for ax in axes.flat:
         ax.axis("off")
     for ax, item in zip(axes.flat, items, strict=False):
-        with Image.open(item["image_path"]) as image:
+        with Image.open(item["image_path"]) as image:  # validated when its split was read
             ax.imshow(image.convert("RGB"))
         for box, colour in ((item["target"], "lime"), (item["box"], "red")):
             x1, y1, x2, y2 = box
@@ -58,8 +60,7 @@ def plot_gallery(items: list[dict], out: Path, columns: int = 4) -> Path:
 def plot_prediction(image_path: Path, text: str, box: tuple[float, ...], out: Path) -> Path:
     """One image with the predicted box and the expression as title."""
     fig, ax = plt.subplots(figsize=(6, 6))
-    with Image.open(image_path) as image:
-        ax.imshow(image.convert("RGB"))
+    ax.imshow(read_rgb(image_path))
     x1, y1, x2, y2 = box
     ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=3))
     ax.set_title(text, fontsize=10)

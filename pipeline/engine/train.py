@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from pipeline.data import (
     GroundingDataset,
     TrainTransform,
     TransformConfig,
-    dataset_spec,
     image_subset,
     load_split,
+    max_query_len,
     select_samples,
     validate_samples,
 )
@@ -42,25 +42,36 @@ from pipeline.engine.distributed import (
     EpochSampler,
     EvalShardSampler,
     all_reduce_mean,
+    gather_objects,
     init_distributed,
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
-from pipeline.engine.frozen_inputs import FrozenInputTable, build_frozen_table, model_inputs, table_loader
-from pipeline.engine.plots import plot_curves, plot_gallery
-from pipeline.losses import grounding_loss
+from pipeline.engine.frozen_inputs import (
+    FrozenInputTable,
+    build_frozen_table,
+    cached_table,
+    model_inputs,
+    table_key,
+    table_loader,
+)
+from pipeline.engine.plots import plot_curves, plot_gallery, read_metrics
+from pipeline.engine.resume import check_resume
+from pipeline.errors import ExpectedError
 from pipeline.student import (
     StudentConfig,
     build_student,
     build_tokenizer,
+    load_student_weights,
     param_groups,
     pixel_normalization,
+    student_architecture,
     student_preset,
     tokenize,
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ExpectedError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -73,8 +84,8 @@ class RunState:
 
 
 def student_config_for(config: TrainConfig) -> StudentConfig:
-    spec = dataset_spec(config.dataset)
-    overrides = {"max_query_len": spec.max_query_len, **config.student_overrides}
+    # A JSON-lines file is not in the registry: `max_query_len` knows both kinds of dataset.
+    overrides = {"max_query_len": max_query_len(config.dataset), **config.student_overrides}
     return student_preset(config.student, **overrides)
 
 
@@ -119,6 +130,18 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return 0.1 if step >= config.lr_drop * steps_per_epoch else 1.0
 
 
+class TeacherEncoders(torch.nn.Module):
+    """CLIP's two encoders behind one `forward`, so that DDP, which syncs gradients only for what runs
+    through its own forward, can wrap a trainable teacher."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(pixels), self.model.encode_text(tokens)
+
+
 class OnlineTeacher:
     """Runs the frozen (or trainable) teacher on the augmented batch: the `online` comparison mode."""
 
@@ -137,6 +160,16 @@ class OnlineTeacher:
         self.teacher.model.requires_grad_(self.trainable).train(self.trainable)
         self.student_mean_std = student_mean_std
         self.device = device
+        self.encoders: torch.nn.Module = TeacherEncoders(self.teacher.model)
+
+    def wrap_for_ddp(self, env: DistEnv) -> None:
+        """Under torchrun a trainable teacher must see every rank's gradients, as the student does;
+        without it each rank's teacher drifts apart. CLIP's `logit_scale` takes no part in encoding."""
+        if self.trainable and env.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.encoders = DistributedDataParallel(
+                self.encoders, device_ids=device_ids, find_unused_parameters=True
+            )
 
     def parameters(self):
         return self.teacher.model.parameters()
@@ -153,9 +186,8 @@ class OnlineTeacher:
         tokens = self.teacher.tokenizer(texts).to(self.device)
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         with grad:
-            image = self.teacher.model.encode_image(clip_pixels).float()
-            text = self.teacher.model.encode_text(tokens).float()
-        return image, text
+            image, text = self.encoders(clip_pixels, tokens)
+        return image.float(), text.float()
 
 
 def view_replay(targets: Any, config: TrainConfig, transform: TransformConfig) -> Any:
@@ -199,16 +231,18 @@ class Trainer:
         self.device = torch.device(
             f"cuda:{self.env.local_rank}" if config.device.startswith("cuda") else config.device
         )
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same on every rank: the frozen tables and DDP's start agree
         self.out = Path(config.out)
+        self.resume_payload, self.resume_changes = self.resume_point()  # before any work or write
         self.student_config = student_config_for(config)
         self.transform_config = transform_config_for(self.student_config)
         self.samples = {config.train_split: prepare_split(config, config.train_split)}
         for split in self.eval_splits():
             self.samples[split] = prepare_split(config, split)
         train_transform = TrainTransform if config.augment else EvalTransform
+        train_transform_config = dataclasses.replace(self.transform_config, translate=config.aug_translate)
         self.train_set = GroundingDataset(
-            self.samples[config.train_split], train_transform(self.transform_config), seed=config.seed
+            self.samples[config.train_split], train_transform(train_transform_config), seed=config.seed
         )
         self.collate = make_collate(self.student_config)
         self.autocast = _autocast_factory(self.device, config.amp)
@@ -227,8 +261,10 @@ class Trainer:
         elif config.distill == "online":
             mean_std = (self.transform_config.mean, self.transform_config.std)
             self.online_teacher = OnlineTeacher(config, self.device, mean_std)
+            self.online_teacher.wrap_for_ddp(self.env)
 
         self.model = build_student(self.student_config).to(self.device)
+        self.objective = student_architecture(self.student_config.architecture).objective  # its own loss
         groups = param_groups(
             self.model, lr=config.lr, lr_pretrained=config.lr_pretrained, weight_decay=config.weight_decay
         )
@@ -263,21 +299,32 @@ class Trainer:
         )
         if config.compile:
             self.ddp_model = torch.compile(self.ddp_model)
+        if self.env.rank:  # rank 0 keeps the single-process stream; the others their own dropout
+            torch.manual_seed(config.seed + self.env.rank)
         self.state = RunState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.eval_loaders: dict[str, DataLoader] = {}
 
     def frozen_table(self, split: str) -> FrozenInputTable:
-        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`)."""
+        """The split's frozen-branch outputs, computed on first use (`precompute_frozen`), or read from
+        `frozen_cache` when an earlier run with the same frozen branches and records saved them."""
         if split not in self.frozen_tables:
-            self.frozen_tables[split] = build_frozen_table(
-                self.model,
-                self.samples[split],
-                EvalTransform(self.transform_config),
-                self.collate.tokenize,
-                self.device,
-                self.config.batch_size,
-                self.config.workers,
+            samples = self.samples[split]
+            transform = EvalTransform(self.transform_config)
+            settings = {"student": asdict(self.student_config), "transform": asdict(self.transform_config)}
+            key = table_key(self.model, settings, samples) if self.config.frozen_cache else ""
+            self.frozen_tables[split] = cached_table(
+                self.config.frozen_cache,
+                f"{split}-{key}",
+                lambda: build_frozen_table(
+                    self.model,
+                    samples,
+                    transform,
+                    self.collate.tokenize,
+                    self.device,
+                    self.config.batch_size,
+                    self.config.workers,
+                ),
             )
         return self.frozen_tables[split]
 
@@ -295,13 +342,26 @@ class Trainer:
 
     # checkpoints ---------------------------------------------------------------------------------
 
-    def checkpoint_payload(self) -> dict[str, Any]:
+    def resume_point(self) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
+        """With `resume`: the checkpoint and the safe option changes; refuses a missing or other run."""
+        if not self.config.resume:
+            return None, {}
+        last = self.out / LAST
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last} (drop --resume to start a new run)")
+        payload = load_checkpoint(last, required=("model", "optimizer", "train_config", "epoch", "rng"))
+        return payload, check_resume(last, payload["train_config"], self.config.to_dict())
+
+    def checkpoint_payload(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resumed run needs; `rng_states`: every rank's RNG (default: this process's)."""
+        rng_states = rng_states or [rng_state()]
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_states[0],
+            "rng_ranks": rng_states,
             "epoch": self.state.epoch,
             "step": self.state.step,
             "best_acc": self.state.best_acc,
@@ -314,14 +374,17 @@ class Trainer:
         return payload
 
     def resume(self) -> None:
-        payload = load_checkpoint(self.out / LAST)
-        self.model.load_state_dict(payload["model"])
+        payload = self.resume_payload or load_checkpoint(self.out / LAST)
+        self.resume_payload = None  # its tensors are copied into the model and optimizer below
+        load_student_weights(self.model, payload)
         if "teacher" in payload:
             self.online_teacher.teacher.model.load_state_dict(payload["teacher"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
+        ranks = payload.get("rng_ranks", [])
+        # Each rank continues its own stream when the world size is the same; else rank 0's for all.
+        set_rng_state(ranks[self.env.rank] if len(ranks) == self.env.world_size else payload["rng"])
         self.state = RunState(
             payload["epoch"],
             payload["step"],
@@ -396,7 +459,7 @@ class Trainer:
         teacher_image, teacher_text = self.teacher_targets(batch)
         with self.autocast():
             output = self.ddp_model(**model_inputs(batch, self.device))
-        terms = grounding_loss(
+        terms = self.objective(
             output,
             batch["box"].to(self.device),
             teacher_image,
@@ -432,16 +495,20 @@ class Trainer:
                 self.config.workers,
                 persistent=self.config.persistent_workers,
             )
-        return predict_split(self.model, self.eval_loaders[split], self.env, self.device, self.autocast)
+        return predict_split(
+            self.model, self.eval_loaders[split], self.env, self.device, self.autocast, self.transform_config
+        )
 
     def fit(self) -> dict[str, Any]:
         config, env = self.config, self.env
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        if config.resume and (self.out / LAST).is_file():
+        if config.resume:
             self.resume()
         metrics_path = self.out / "metrics.jsonl"
+        if env.is_main:
+            self.start_metrics(metrics_path)
         for epoch in range(self.state.epoch, config.epochs):
             train_terms = self.train_epoch(epoch)
             val = summarize(self.evaluate(config.val_split))
@@ -455,16 +522,29 @@ class Trainer:
                 self.best_weights = {
                     k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                 }
+            rng_states = gather_objects([rng_state()], env)  # a collective: every rank takes part
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 _write_jsonl(metrics_path, row)
-                payload = self.checkpoint_payload()
+                payload = self.checkpoint_payload(rng_states)
                 save_checkpoint(self.out / LAST, payload)
                 if improved:
                     save_checkpoint(self.out / BEST, payload)
         return self.finish(metrics_path)
+
+    def start_metrics(self, path: Path) -> None:
+        """A new run starts a new metrics file; a resumed one drops rows of epochs its checkpoint lacks
+        (trained, then lost to a crash before the save: they are trained again) and notes its changes."""
+        if not self.config.resume:
+            path.write_text("")
+            return
+        rows = read_metrics(path) if path.is_file() else []
+        kept = [row for row in rows if row.get("kind") != "epoch" or row["epoch"] <= self.state.epoch]
+        if self.resume_changes:
+            kept.append({"kind": "resume", "epoch": self.state.epoch, "changed": self.resume_changes})
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def finish(self, metrics_path: Path) -> dict[str, Any]:
         """Every split evaluated with the best-val weights (`best.pt`): val and test from one model."""

@@ -1,4 +1,5 @@
-"""The EpmVG student: TransVG (visual branch + linguistic branch + visual-linguistic fusion)."""
+"""The EpmVG students: TransVG (visual branch + linguistic branch + visual-linguistic fusion) and
+LGR-NET, picked by `StudentConfig.architecture` through `registry.py`."""
 
 from pipeline.student.backbone import pixel_normalization
 from pipeline.student.config import (
@@ -7,11 +8,24 @@ from pipeline.student.config import (
     parse_field_assignments,
     student_preset,
 )
-from pipeline.student.model import StudentOutput, TransVG, build_student, create_student, param_groups
+from pipeline.student.lgrnet import LGRNet
+from pipeline.student.model import StudentBase, StudentOutput, TransVG, param_groups
+from pipeline.student.registry import (
+    STUDENTS,
+    build_student,
+    create_student,
+    load_student_weights,
+    student_architecture,
+)
 from pipeline.student.text import build_tokenizer, tokenize
 from pipeline.student.weights import WeightsUnavailableError
 
 __all__ = [
+    "STUDENTS",
+    "LGRNet",
+    "StudentBase",
+    "load_student_weights",
+    "student_architecture",
     "StudentConfig",
     "StudentOutput",
     "TransVG",

@@ -1,4 +1,5 @@
-"""The CNN of the visual branch: a timm features-only model giving one stage (by default its last)."""
+"""The CNN of the visual branch: a timm features-only model giving one stage (by default its last), or
+the last three (`PyramidBackbone`, LGR-NET's strides 8/16/32)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,45 @@ class Backbone(nn.Module):
         return features, mask[:, 0].bool()
 
 
+class PyramidBackbone(nn.Module):
+    """timm CNN → its last three feature maps (finest first) and the pixel mask at the coarsest one.
+
+    LGR-NET fuses strides 8/16/32; each level must halve the previous one's resolution.
+    """
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.level_channels: list[int] = body.feature_info.channels()
+        reductions = body.feature_info.reduction()
+        if any(coarse != 2 * fine for fine, coarse in zip(reductions, reductions[1:], strict=False)):
+            raise ValueError(f"a feature pyramid needs strides that double per level, got {reductions}")
+        self.stride: int = reductions[-1]
+
+    def forward(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[list[Tensor], Tensor]:
+        levels = self.body(pixels)
+        mask = F.interpolate(pixel_mask[:, None].float(), size=levels[-1].shape[-2:], mode="nearest")
+        return levels, mask[:, 0].bool()
+
+
+PYRAMID_LEVELS = (-3, -2, -1)
+
+
 def build_backbone(config: StudentConfig, pretrained: bool = True) -> Backbone:
     """The timm backbone with its weights loaded, BatchNorm frozen and leading stages frozen per `config`.
 
     pretrained=False skips loading weights (a checkpoint will overwrite them).
     """
-    body = _create_body(config, pretrained and config.backbone_weights == "timm")
+    return Backbone(_build_body(config, pretrained, (config.backbone_out_index,)))
+
+
+def build_pyramid_backbone(config: StudentConfig, pretrained: bool = True) -> PyramidBackbone:
+    """`build_backbone` giving the last three feature levels (strides 8/16/32 for ResNets)."""
+    return PyramidBackbone(_build_body(config, pretrained, PYRAMID_LEVELS))
+
+
+def _build_body(config: StudentConfig, pretrained: bool, out_indices: tuple[int, ...]) -> nn.Module:
+    body = _create_body(config, pretrained and config.backbone_weights == "timm", out_indices)
     if pretrained and config.backbone_weights not in ("timm", "none"):
         load_matching_state_dict(body, _weights_file(config))
     if config.freeze_bn:
@@ -48,7 +82,7 @@ def build_backbone(config: StudentConfig, pretrained: bool = True) -> Backbone:
     freeze_leading_stages(body, config.frozen_backbone_stages)
     if config.channels_last:
         body = body.to(memory_format=torch.channels_last)
-    return Backbone(body)
+    return body
 
 
 def _weights_file(config: StudentConfig) -> Path:
@@ -63,13 +97,13 @@ def _weights_file(config: StudentConfig) -> Path:
     return path
 
 
-def _create_body(config: StudentConfig, timm_pretrained: bool) -> nn.Module:
+def _create_body(config: StudentConfig, timm_pretrained: bool, out_indices: tuple[int, ...]) -> nn.Module:
     try:
         return timm.create_model(
             config.backbone,
             pretrained=timm_pretrained,
             features_only=True,
-            out_indices=(config.backbone_out_index,),
+            out_indices=out_indices,
         )
     except OSError as error:  # hub download failed: no network and nothing cached
         raise WeightsUnavailableError(f"{backbone_weights_hint(config.backbone)} ({error})") from error

@@ -6,6 +6,12 @@
 - small: EfficientNet-Lite0 + MiniLM-L6 from the weights shipped as Python packages; a CPU demo at 160 px.
 - tiny: random test_resnet + a random 2-layer 64-wide BERT with MiniLM's real tokenizer, 128 px; for
   tests. Its BatchNorm is left trainable: random weights have no statistics worth freezing.
+- lgrnet-r50: LGR-NET (Lu et al., TCSVT 2024) in the paper's shape, random weights, buildable offline
+  (as transvg-r50-random); lgrnet-shapes: a CPU-sized LGR-NET for the shapes data (frozen packaged
+  EfficientNet-Lite0 + MiniLM, as `shapes`); lgrnet-tiny: random and tiny, for tests.
+
+`architecture` picks the model class (`pipeline/student/registry.py`); the other fields are shared
+where both students have the part (backbone, text encoder, width, heads, FFN, dropout, input size).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from typing import Any
 PRESET_PACKAGE = "pipeline"
 PRESET_FOLDER = ("configs", "student")
 VISUAL_POSITIONS = ("attention", "tokens")
+# The student classes `registry.py` builds; named here so a bad value fails while parsing a config.
+ARCHITECTURES = ("transvg", "lgrnet")
+COORD_FUSIONS = ("add", "concat")
 
 
 @dataclass
@@ -46,7 +55,16 @@ class StudentConfig:
     cell_head: a linear head on the fusion's visual output tokens that says, per cell, whether the
     cell's centre lies in the referred box; trained by `target_cell_loss` (not in TransVG or EpmVG:
     a dense auxiliary that lets a small CPU budget learn which object the text means).
+    architecture: "transvg" or "lgrnet" (see `pipeline/student/lgrnet.py`). LGR-NET reads vl_layers as
+    its N reasoning layers and ignores visual_layers, backbone_out_index and visual_position (it has
+    no visual encoder and always takes the last three feature levels, strides 8/16/32).
+    coord_embedding, coord_fusion, prediction_tokens: LGR-NET only. coord_embedding=False drops the
+    TFE coordinate (Eq. 1) from the prediction token's query and key; coord_fusion "add" adds
+    p_coord to them (the paper), "concat" concatenates it and projects back to D per layer;
+    prediction_tokens: how many learnable prediction tokens (the box comes from their mean).
     """
+
+    architecture: str = "transvg"
 
     backbone: str = "resnet50"
     backbone_weights: str = "timm"
@@ -70,8 +88,20 @@ class StudentConfig:
     image_size: int = 640
     visual_position: str = "attention"
     cell_head: bool = False
+    coord_embedding: bool = True
+    coord_fusion: str = "add"
+    prediction_tokens: int = 1
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.coord_fusion not in COORD_FUSIONS:
+            raise ValueError(f"coord_fusion must be one of {COORD_FUSIONS}, not {self.coord_fusion!r}")
+        if self.prediction_tokens < 1:
+            raise ValueError(f"prediction_tokens must be positive, not {self.prediction_tokens}")
+        if self.architecture == "lgrnet" and (self.cell_head or self.visual_init):
+            # Both attach to TransVG's parts (its fusion's visual tokens, its DETR encoder).
+            raise ValueError("cell_head and visual_init are TransVG options; LGR-NET has neither part")
         if self.hidden_dim % self.heads:
             raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
         if self.text_encoder_weights not in ("pretrained", "none"):

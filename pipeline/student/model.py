@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from pipeline.student.backbone import build_backbone
-from pipeline.student.config import StudentConfig, student_preset
+from pipeline.student.config import StudentConfig
 from pipeline.student.detr import load_detr_visual_weights
 from pipeline.student.position import sine_position_encoding
 from pipeline.student.text import build_text_encoder
@@ -28,6 +28,12 @@ class StudentOutput(NamedTuple):
     vls: Tensor  # [B, D]
     cls: Tensor  # [B, D]
     cell_logits: Tensor | None = None  # [B, h·w] "is this cell inside the box?" (config.cell_head)
+    # LGR-NET only (pipeline/student/lgrnet.py):
+    layer_boxes: Tensor | None = None  # [N, B, 4] one box per reasoning layer; box = layer_boxes[-1]
+    f_obj: Tensor | None = None  # [B, D] FFN_obj(prediction token), L_align's object side
+    f_sent: Tensor | None = None  # [B, D] FFN_S(text [CLS]), L_align's sentence side (Eq. 2)
+    coord: Tensor | None = None  # [B, 2] the TFE's (x, y) of the referent (Eq. 1); None when off
+    log_temperature: Tensor | None = None  # [] log τ of L_align, learnable
 
 
 class FusionInputs(NamedTuple):
@@ -39,7 +45,42 @@ class FusionInputs(NamedTuple):
     visual_count: int  # V: visual tokens sit at 1 .. V, text tokens after them
 
 
-class TransVG(nn.Module):
+class StudentBase(nn.Module):
+    """What every student shares: a text encoder read the same way, and frozen branches kept in eval
+    mode. A subclass has `config`, `backbone` and `text_encoder`."""
+
+    config: StudentConfig
+    backbone: nn.Module
+    text_encoder: nn.Module
+
+    def text_states(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
+        """The text encoder's token states [B, L, H] (before the projection to D)."""
+        if token_ids.shape[1] > self.config.max_query_len:
+            raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
+        return self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
+
+    @property
+    def input_branches(self) -> tuple[nn.Module, nn.Module]:
+        """The backbone and the text encoder: the branches `backbone_features` and `text_states` run."""
+        return self.backbone, self.text_encoder
+
+    @property
+    def precomputable(self) -> bool:
+        """Whether the backbone and the text encoder are both frozen, so that their outputs for an
+        un-augmented input never change and can be computed once per image and per text."""
+        return not any(p.requires_grad for branch in self.input_branches for p in branch.parameters())
+
+    def train(self, mode: bool = True) -> StudentBase:
+        """A branch with no trainable weight stays in eval mode: no dropout and no batch statistics, so
+        its output is a pure function of its input (and a precomputed table stays exact)."""
+        super().train(mode)
+        for branch in self.input_branches:
+            if not any(p.requires_grad for p in branch.parameters()):
+                branch.eval()
+        return self
+
+
+class TransVG(StudentBase):
     """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L] True=real)."""
 
     def __init__(self, config: StudentConfig, pretrained: bool = True) -> None:
@@ -155,31 +196,9 @@ class TransVG(nn.Module):
         """Visual tokens [B, h·w, D], their padding mask [B, h·w] and the grid size (h, w)."""
         return self.visual_tokens(*self.backbone_features(pixels, pixel_mask))
 
-    def text_states(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
-        """The text encoder's token states [B, L, H] (before the projection to D)."""
-        if token_ids.shape[1] > self.config.max_query_len:
-            raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
-        return self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
-
     def encode_text(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
         """Text tokens [B, L, D]."""
         return self.text_proj(self.text_states(token_ids, token_mask))
-
-    @property
-    def precomputable(self) -> bool:
-        """Whether the backbone and the text encoder are both frozen, so that their outputs for an
-        un-augmented input never change and can be computed once per image and per text."""
-        branches = (self.backbone, self.text_encoder)
-        return not any(p.requires_grad for branch in branches for p in branch.parameters())
-
-    def train(self, mode: bool = True) -> TransVG:
-        """A branch with no trainable weight stays in eval mode: no dropout and no batch statistics, so
-        its output is a pure function of its input (and a precomputed table stays exact)."""
-        super().train(mode)
-        for branch in (self.backbone, self.text_encoder):
-            if not any(p.requires_grad for p in branch.parameters()):
-                branch.eval()
-        return self
 
     def vl_position_ids(self, grid_hw: tuple[int, int], text_len: int, device: torch.device) -> Tensor:
         """Rows of `vl_pos` for [REG], the h×w visual cells and the text slots.
@@ -194,21 +213,12 @@ class TransVG(nn.Module):
         return torch.cat([reg, 1 + cells, 1 + self.grid_size**2 + slots])
 
 
-def build_student(config: StudentConfig, pretrained: bool = True) -> TransVG:
-    """The TransVG student for `config`; pretrained=False skips weight loading (checkpoint restore)."""
-    return TransVG(config, pretrained)
-
-
-def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> TransVG:
-    """build_student(student_preset(preset, **overrides)), timm-style."""
-    return build_student(student_preset(preset, **overrides), pretrained)
-
-
 def param_groups(
-    model: TransVG, lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 1e-4
+    model: StudentBase, lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 1e-4
 ) -> list[dict[str, Any]]:
     """AdamW groups: pretrained backbone and text encoder at `lr_pretrained`, the rest at `lr`.
 
+    Any student: parameters are grouped by their top-level module, `backbone` and `text_encoder`.
     A branch built with random weights ("none") trains at `lr`; frozen parameters are left out. With a
     DETR initialisation the visual transformer (input projection and encoder) is pretrained too, and
     trains at `lr_pretrained` as in TransVG.

@@ -33,3 +33,21 @@ def sine_position_encoding(pad_mask: Tensor, dim: int, temperature: float = 1000
 
 def _interleave_sin_cos(angles: Tensor) -> Tensor:
     return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def sine_coordinate_embedding(coords: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """LGR-NET Eq. 1's p_coord: the sine embedding [..., dim] of normalised points coords [..., 2] = (x, y).
+
+    The same sine/cosine scheme as `sine_position_encoding` (a coordinate in [0, 1] times 2π, the
+    first dim/2 channels for y, the rest for x, sin and cos interleaved), so the predicted coordinate
+    and the visual cells' positions live in one embedding space. (0.5, 0.5) at dim=4 is
+    [sin π, cos π, sin π, cos π] = [0, −1, 0, −1].
+    """
+    if dim % 4:
+        raise ValueError(f"sine coordinate embedding needs a width divisible by 4, got {dim}")
+    per_axis = dim // 2
+    pair_index = torch.arange(per_axis, device=coords.device) // 2
+    frequencies = temperature ** (2 * pair_index / per_axis)
+    angles = coords.float()[..., None] * (2 * math.pi) / frequencies  # [..., 2, per_axis]
+    x, y = angles[..., 0, :], angles[..., 1, :]
+    return torch.cat([_interleave_sin_cos(y), _interleave_sin_cos(x)], -1)

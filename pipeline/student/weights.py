@@ -87,9 +87,10 @@ def load_matching_state_dict(model: nn.Module, path: str | Path) -> None:
     """Load a backbone state dict saved by timm or by another port of the same architecture.
 
     Tensors are matched by name when the file uses the model's names; otherwise by order with a shape
-    check, because other ports (e.g. EfficientNet-PyTorch for the shipped EfficientNet-Lite0) store the
-    same tensors in the same order under different names. Extra trailing tensors in the file (a
-    classifier head a features-only backbone lacks) are ignored.
+    and a leaf-name check (`weight`, `bias`, `running_mean`, ...), because other ports (e.g.
+    EfficientNet-PyTorch for the shipped EfficientNet-Lite0) store the same tensors in the same order
+    under different names. Extra trailing tensors in the file (a classifier head a features-only
+    backbone lacks) are ignored.
     """
     from timm.models import load_state_dict  # unwraps "state_dict"/"model" and strips "module."
 
@@ -113,6 +114,13 @@ def _match_by_order(
         raise ValueError(f"{path} holds {len(source_names)} tensors, the backbone needs {len(target_names)}")
     matched = dict(target)
     for name, source_name in zip(target_names, source_names, strict=False):
+        # Equal shapes are not enough: a BatchNorm's weight, bias, running_mean and running_var all have
+        # the same shape, so a file whose order differs would load means into scales without a word.
+        if name.rsplit(".", 1)[-1] != source_name.rsplit(".", 1)[-1]:
+            raise ValueError(
+                f"{path} does not fit the backbone: by order, {source_name} would load into {name} "
+                "(a different kind of tensor)"
+            )
         if target[name].shape != source[source_name].shape:
             raise ValueError(
                 f"{path} does not fit the backbone: by order, {source_name} "

@@ -1,0 +1,137 @@
+"""LGR-NET through the project's normal entries: `epmvg train`, `--precompute-frozen`, resume, the
+ablation grid (QUICK in-process, and under torchrun with --resume)."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cache_job import CacheJobConfig, build_cache
+from pipeline.cli import app
+from pipeline.data import make_shapes
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.teacher import TeacherConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(shapes_root, tmp_path_factory) -> Path:
+    return build_cache(
+        CacheJobConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
+            out=tmp_path_factory.mktemp("cache") / "store",
+            decode_workers=0,
+            progress=False,
+        )
+    )
+
+
+def train_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "shapes", "--data-root", str(root), "--out", str(out), "--student", "lgrnet-tiny",
+        "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--max-samples", "8",
+        "--workers", "0", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def invoke(args: list[str]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.mark.parametrize("distill", ["cached", "none"])
+def test_lgrnet_tiny_trains_through_the_train_command(shapes_root, store, tmp_path, distill):
+    out = tmp_path / distill
+    extra = ["--distill", distill] + (["--cache", str(store)] if distill == "cached" else [])
+    invoke(train_args(shapes_root, out, *extra, "--box-loss", "l1"))
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss/box", "loss/giou", "loss/align", "val/acc@0.5"} <= set(row)
+    assert row["loss/align_batch"] == 4  # the effective batch of L_align: one process, batch 4
+    assert ("loss/distill_image" in row) == (distill == "cached")
+    payload = load_checkpoint(out / "last.pt")
+    assert payload["student_config"]["architecture"] == "lgrnet"
+    assert payload["step"] == 2
+    assert json.loads((out / "summary.json").read_text())["results"]["val"]["n"] == 8
+
+
+def test_resuming_a_transvg_run_as_lgrnet_is_a_clear_error(shapes_root, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(shapes_root, out, "--distill", "none")
+    invoke([*args[:7], "tiny", *args[8:]])  # the same run with the TransVG tiny student
+    result = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
+    assert result.exit_code == 2
+    assert "holds a transvg student, but this model is lgrnet" in result.output
+
+
+def test_the_cpu_preset_trains_on_shapes_with_precomputed_frozen_branches(shapes_root, tmp_path):
+    out = tmp_path / "shapes"
+    args = train_args(shapes_root, out, "--distill", "none", "--no-augment", "--precompute-frozen")
+    invoke([*args[:7], "lgrnet-shapes", *args[8:]])
+    assert load_checkpoint(out / "last.pt")["student_config"]["backbone"] == "tf_efficientnet_lite0"
+
+
+def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
+    from pipeline.engine.ablations import grid_for
+    from pipeline.engine.config import TrainConfig
+
+    out = tmp_path / "grid"
+    args = ["ablations", "shapes", "--data-root", str(shapes_root), "--cache", str(store)]
+    invoke([*args, "--out", str(out), "--quick", "--student", "lgrnet-tiny"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    base = TrainConfig(dataset="shapes", student="lgrnet-tiny", cache=store, batch_size=8)
+    names = list(grid_for(base))
+    assert [row["variant"] for row in rows] == names
+    assert names[0] == "lgrnet N=2 lambda=2.0 batch=8" and "N=6" in names and "N=2" not in names
+    assert "Ablations of lgrnet-tiny" in (out / "results.md").read_text()
+    config = json.loads((out / "coord_concat" / "config.json").read_text())
+    assert config["student_overrides"]["coord_fusion"] == "concat"
+    assert json.loads((out / "N6" / "config.json").read_text())["student_overrides"]["vl_layers"] == 6
+    half = json.loads((out / "lambda0_batch4" / "config.json").read_text())
+    assert (half["batch_size"], half["loss"]["align_weight"]) == (4, 0.0)
+
+
+def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp_path):
+    """DDP: L_align gathers both ranks' rows (align_batch = 2 x batch); --resume runs only what is missing."""
+    out = tmp_path / "grid"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29542",
+    ]
+    command += ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 10
+    base = json.loads((out / "lgrnet_N2_lambda2.0_batch4" / "metrics.jsonl").read_text().splitlines()[0])
+    assert base["loss/align_batch"] == 8
+    half = json.loads((out / "lambda2.0_batch2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert half["loss/align_batch"] == 4
+    shutil.rmtree(out / "2_prediction_tokens")
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for metrics in out.glob("*/metrics.jsonl"):  # one epoch each: finished variants were not retrained
+        assert len(metrics.read_text().splitlines()) == 1, metrics
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 10
