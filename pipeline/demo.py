@@ -109,6 +109,9 @@ def demo_run(config: DemoConfig, data_root: Path, store: Path, out: Path, **chan
     return TrainConfig(**{**settings, **changes})
 
 
+TEACHER_SETTINGS = ("epochs", "batch_size", "seed")  # a saved teacher is reused only if these match
+
+
 @dataclass(frozen=True)
 class DemoAssets:
     """What every student run of the demo reads: the data, the trained teacher and its cache."""
@@ -123,20 +126,19 @@ def prepare_demo_assets(config: DemoConfig) -> DemoAssets:
     from pipeline.teacher_training import REPORT_NAME, TeacherTrainingConfig, train_teacher
 
     data_root = ensure_shapes(config.out / "data", config.images, config.seed, config.image_size, DEMO_SHAPES)
+    wanted = TeacherTrainingConfig(
+        dataset="shapes",
+        data_root=data_root,
+        out=config.out / "teacher",
+        epochs=config.teacher_epochs,
+        batch_size=config.teacher_batch_size,
+        seed=config.seed,
+    )
     report = config.out / "teacher" / REPORT_NAME
-    if report.is_file():  # an interrupted experiment goes on with the teacher it had trained
-        teacher = json.loads(report.read_text())
-    else:
-        teacher = train_teacher(
-            TeacherTrainingConfig(
-                dataset="shapes",
-                data_root=data_root,
-                out=config.out / "teacher",
-                epochs=config.teacher_epochs,
-                batch_size=config.teacher_batch_size,
-                seed=config.seed,
-            )
-        )
+    done = json.loads(report.read_text()) if report.is_file() else None
+    # An interrupted experiment goes on with the teacher it had trained, if it was trained as asked.
+    same = done is not None and all(done["config"][key] == getattr(wanted, key) for key in TEACHER_SETTINGS)
+    teacher = done if same else train_teacher(wanted)
     store = build_cache(
         CacheJobConfig(
             dataset="shapes",

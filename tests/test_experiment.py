@@ -2,12 +2,15 @@
 
 import csv
 import math
+from dataclasses import replace
 
 import pytest
 
 import pipeline.experiment as experiment
+import pipeline.teacher_training as teacher_training
 from pipeline.data import image_subset
 from pipeline.data.sample import Sample
+from pipeline.demo import DemoConfig, prepare_demo_assets
 from pipeline.engine.ablations import ablation_config
 from pipeline.engine.config import TrainConfig
 from pipeline.experiment import ExperimentConfig, aggregate, run_experiment
@@ -94,5 +97,12 @@ def test_quick_distillation_study_end_to_end_and_resumes(tmp_path, monkeypatch):
     def no_training(config):
         raise AssertionError(f"finished run trained again: {config.out}")
 
+    def no_teacher_training(config):
+        raise AssertionError(f"teacher trained again: {config.out}")
+
     monkeypatch.setattr(experiment, "train", no_training)
+    monkeypatch.setattr(teacher_training, "train_teacher", no_teacher_training)
     assert run_experiment(ExperimentConfig.quick("distillation", out)) == results
+    # a teacher trained otherwise than asked is not reused
+    with pytest.raises(AssertionError, match="teacher trained again"):
+        prepare_demo_assets(replace(DemoConfig.quick(out), teacher_epochs=2))
