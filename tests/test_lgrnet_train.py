@@ -78,7 +78,9 @@ def test_resuming_a_transvg_run_as_lgrnet_is_a_clear_error(shapes_root, tmp_path
     invoke([*args[:7], "tiny", *args[8:]])  # the same run with the TransVG tiny student
     result = CliRunner().invoke(app, [*args, "--resume", "--epochs", "2"])
     assert result.exit_code == 2
-    assert "holds a transvg student, but this model is lgrnet" in result.output
+    # refused by the resume guard, before any weight is loaded or any file written
+    assert "architecture: student 'tiny' -> 'lgrnet-tiny'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_the_cpu_preset_trains_on_shapes_with_precomputed_frozen_branches(shapes_root, tmp_path):

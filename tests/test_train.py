@@ -1,5 +1,6 @@
 """Phase 2 on CPU: the trainer with cached / online / no distillation, resume, DDP, NaN, eval, predict."""
 
+import dataclasses
 import json
 import multiprocessing
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import pipeline.engine.train as train_module
+import pipeline.student.registry as student_registry
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
 from pipeline.engine.checkpoint import load_checkpoint
@@ -129,7 +131,8 @@ def test_loader_workers_live_across_epochs_unless_turned_off(shapes_root, store,
 
 def poison_loss(monkeypatch, poisoned_steps) -> None:
     """Make the total loss NaN at the given (1-based) training steps."""
-    real_loss, calls = train_module.grounding_loss, []
+    transvg = student_registry.STUDENTS["transvg"]
+    real_loss, calls = transvg.objective, []
 
     def poisoned(*args, **kwargs):
         terms = real_loss(*args, **kwargs)
@@ -138,7 +141,8 @@ def poison_loss(monkeypatch, poisoned_steps) -> None:
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "grounding_loss", poisoned)
+    poisoned_transvg = dataclasses.replace(transvg, objective=poisoned)
+    monkeypatch.setitem(student_registry.STUDENTS, "transvg", poisoned_transvg)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
