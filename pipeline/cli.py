@@ -293,6 +293,9 @@ def train(
     precompute_frozen: bool = typer.Option(
         False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
     ),
+    frozen_cache: Path | None = typer.Option(
+        None, help="with --precompute-frozen: keep the tables here and reuse them in later runs"
+    ),
     blank_text: bool = typer.Option(False, help="image-only control: every expression replaced by ''"),
     teacher: str = typer.Option("ViT-B-16", help="distill=online: open_clip model or config JSON"),
     pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
@@ -367,6 +370,7 @@ def train(
         augment=augment,
         aug_translate=aug_translate,
         precompute_frozen=precompute_frozen,
+        frozen_cache=frozen_cache,
         blank_text=blank_text,
         workers=workers,
         persistent_workers=persistent_workers,
