@@ -4,6 +4,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+TINY_TEACHER = str(REPO_ROOT / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,31 @@ def write_tiny_checkpoint(path: Path, data_root: Path, dataset: str = "shapes") 
     }
     save_checkpoint(path, payload)
     return path
+
+
+# The training tests' shared data: 40 shapes scenes and a store of the random tiny teacher, once per
+# module (a test module may define its own `shapes_root` instead).
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    from pipeline.data import make_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes(root, n=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(shapes_root, tmp_path_factory) -> Path:
+    from pipeline.cache_job import CacheJobConfig, build_cache
+    from pipeline.teacher import TeacherConfig
+
+    return build_cache(
+        CacheJobConfig(
+            dataset="shapes",
+            data_root=shapes_root,
+            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
+            out=tmp_path_factory.mktemp("cache") / "store",
+            decode_workers=0,
+            progress=False,
+        )
+    )

@@ -11,36 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.cli import app
-from pipeline.data import make_shapes
 from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.teacher import TeacherConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, n=40, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def store(shapes_root, tmp_path_factory) -> Path:
-    return build_cache(
-        CacheJobConfig(
-            dataset="shapes",
-            data_root=shapes_root,
-            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
-            out=tmp_path_factory.mktemp("cache") / "store",
-            decode_workers=0,
-            progress=False,
-        )
-    )
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:

@@ -24,27 +24,6 @@ TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, n=40, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def store(shapes_root, tmp_path_factory) -> Path:
-    return build_cache(
-        CacheJobConfig(
-            dataset="shapes",
-            data_root=shapes_root,
-            teacher=TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True),
-            out=tmp_path_factory.mktemp("cache") / "store",
-            decode_workers=0,
-            progress=False,
-        )
-    )
-
-
 def tiny_run(shapes_root: Path, store: Path, out: Path, **changes) -> TrainConfig:
     settings = dict(
         dataset="shapes",
