@@ -84,7 +84,10 @@ def ensure_shapes(data_root: Path, images: int, seed: int, image_size: int = 256
 
 
 def demo_run(config: DemoConfig, data_root: Path, store: Path, out: Path, **changes: Any) -> TrainConfig:
-    """The demo's student run: the `shapes` preset on precomputed frozen branches, L1 + GIoU + cells."""
+    """The demo's student run: the `shapes` preset on precomputed frozen branches, the paper's loss
+    (smooth-L1 + GIoU + cached distillation) + the cell loss.
+
+    Smooth-L1 with β = 1 beat L1 and β = 0.1 here (`epmvg experiment box-loss`, README)."""
     settings: dict[str, Any] = dict(
         dataset="shapes",
         data_root=data_root,
@@ -93,7 +96,7 @@ def demo_run(config: DemoConfig, data_root: Path, store: Path, out: Path, **chan
         student_overrides={"image_size": config.image_size},
         distill="cached",
         cache=store,
-        loss=LossConfig(box="l1"),
+        loss=LossConfig(),
         epochs=config.epochs,
         lr_drop=config.lr_drop,
         warmup_epochs=1.0,
@@ -224,7 +227,7 @@ def write_demo_report(config: DemoConfig, summary: dict[str, Any]) -> Path:
         "precomputed once** (`--precompute-frozen`), no augmentation; stride-32 map (4x4 cells); "
         "D = 64, no visual encoder layers, 2 fusion layers; sine positions added to the visual tokens; "
         "a per-cell auxiliary loss (`cell_head`, `target_cell_loss`);",
-        f"- loss: L1 + GIoU (TransVG's box loss) + cached distillation (α=1.5, β=2) + cell loss; "
+        f"- loss: the paper's smooth-L1 (β = 1) + GIoU + cached distillation (α=1.5, β=2) + cell loss; "
         f"{config.epochs} epochs, lr {config.lr} (warm-up 1 epoch, ×0.1 at {config.lr_drop}), batch "
         f"{config.batch_size}.",
         "",

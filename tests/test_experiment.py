@@ -10,10 +10,11 @@ import pipeline.experiment as experiment
 import pipeline.teacher_training as teacher_training
 from pipeline.data import image_subset
 from pipeline.data.sample import Sample
-from pipeline.demo import DemoConfig, prepare_demo_assets
+from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
 from pipeline.engine.ablations import ablation_config
 from pipeline.engine.config import TrainConfig
 from pipeline.experiment import ExperimentConfig, aggregate, run_experiment
+from pipeline.losses import LossConfig
 
 
 def _samples(images: int, per_image: int) -> list[Sample]:
@@ -66,6 +67,13 @@ def test_the_students_study_switches_the_preset_and_keeps_the_rest():
     ]
     assert len({r.out for r in runs.values()}) == 4
     assert all(r.loss == base.loss and r.epochs == base.epochs for r in runs.values())
+
+
+def test_the_demo_trains_with_the_box_loss_the_study_chose(tmp_path):
+    # `epmvg experiment box-loss` (README): smooth-L1 with β = 1 beat β = 0.1 and L1 on every seed's val
+    run = demo_run(DemoConfig(out=tmp_path), tmp_path / "data", tmp_path / "cache", tmp_path / "run")
+    assert (run.loss.box, run.loss.box_beta) == ("smooth_l1", 1.0)
+    assert run.loss == LossConfig()  # the paper's objective; the cell loss comes from the preset
 
 
 def test_unknown_study_is_refused():
