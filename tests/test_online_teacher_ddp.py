@@ -1,5 +1,7 @@
 """Under torchrun a trainable online teacher is wrapped in DDP like the student, a frozen one is not."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,53 @@ def test_a_trainable_teacher_runs_through_ddp(tmp_path, monkeypatch, trainable):
     trainer = train_module.Trainer(config)
     teachers = [ddp for ddp in RecordingDDP.wrapped if isinstance(ddp.module, train_module.TeacherEncoders)]
     assert len(teachers) == (1 if trainable else 0)
-    image, text = trainer.online_teacher(torch.zeros(2, 3, 64, 64), ["a red circle", "the blue square"])
+    pixels, pad = torch.zeros(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
+    image, text = trainer.online_teacher(pixels, pad, ["a red circle", "the blue square"])
     assert image.shape[0] == text.shape[0] == 2
     if trainable:
         assert teachers[0].calls == 1 and teachers[0].options["find_unused_parameters"]
+
+
+RANK_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.engine.config import TrainConfig
+from pipeline.engine.distributed import shutdown_distributed
+from pipeline.engine.train import Trainer
+
+data_root, out, teacher = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+config = TrainConfig(
+    dataset="shapes", data_root=data_root, out=out, student="tiny", student_overrides={"image_size": 64},
+    distill="online", teacher_model=teacher, teacher_pretrained="none", allow_random_teacher=True,
+    teacher_trainable=True, epochs=1, batch_size=2, max_samples=8, workers=0, device="cpu",
+    progress=False, lr_pretrained=1e-3,
+)
+trainer = Trainer(config)
+before = {k: v.clone() for k, v in trainer.online_teacher.teacher.model.state_dict().items()}
+trainer.fit()
+after = trainer.online_teacher.teacher.model.state_dict()
+torch.save({"before": before, "after": after}, out / f"teacher-rank{trainer.env.rank}.pt")
+shutdown_distributed(trainer.env)
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_end_with_the_same_trained_teacher(shapes_root, tmp_path):
+    """Each rank sees other samples: only all-reduced teacher gradients keep the two teachers equal."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+        str(script), str(shapes_root), str(out), TINY_TEACHER,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"teacher-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    changed = [k for k, v in ranks[0]["after"].items() if not torch.equal(v, ranks[0]["before"][k])]
+    assert changed, "the teacher did not train"
+    for key in ranks[0]["after"]:
+        assert torch.equal(ranks[0]["after"][key], ranks[1]["after"][key]), key
