@@ -26,6 +26,7 @@ from pipeline.data import image_subset, load_split
 from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
 from pipeline.engine.ablations import ablation_config
 from pipeline.engine.baselines import prior_results
+from pipeline.engine.config import TrainConfig
 from pipeline.engine.plots import plot_experiment, read_metrics
 from pipeline.engine.train import train
 
@@ -112,7 +113,7 @@ def run_experiment(config: ExperimentConfig) -> Path:
     return config.out / "results.md"
 
 
-def finished_or_train(run: Any) -> dict[str, Any]:
+def finished_or_train(run: TrainConfig) -> dict[str, Any]:
     """A run's summary: read back when it finished before (the experiment resumes), else trained now."""
     done = Path(run.out) / "summary.json"
     if done.is_file():

@@ -11,6 +11,8 @@ from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.config import TrainConfig
+
 # How the run is executed, not what it computes: free to change on resume.
 SAFE_ON_RESUME = frozenset(
     {"epochs", "workers", "persistent_workers", "device", "amp", "progress", "sync_every", "compile",
@@ -43,8 +45,6 @@ def _kind(key: str) -> str:
 
 def _defaults() -> dict[str, Any]:
     """TrainConfig's defaults as `to_dict` writes them (paths as strings, tuples as lists)."""
-    from pipeline.engine.config import TrainConfig
-
     defaults: dict[str, Any] = {}
     for field in fields(TrainConfig):
         value = field.default if field.default_factory is MISSING else field.default_factory()
