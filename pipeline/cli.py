@@ -6,6 +6,7 @@ thinner layers over these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -291,12 +292,19 @@ def train(
         False, help="TransVG's --aug_translate: place the image anywhere in the padded square (training)"
     ),
     precompute_frozen: bool = typer.Option(
-        False, help="run the frozen backbone and text encoder once per image/text (needs --no-augment)"
+        False,
+        help="run the frozen backbone and text encoder once per image/text (needs --no-augment, or an "
+        "exact-view cache: then once per stored view)",
     ),
     frozen_cache: Path | None = typer.Option(
         None, help="with --precompute-frozen: keep the tables here and reuse them in later runs"
     ),
     blank_text: bool = typer.Option(False, help="image-only control: every expression replaced by ''"),
+    view_targets: str = typer.Option(
+        "exact",
+        help="exact-view caches: distil toward each view's own embedding (exact), or toward the whole "
+        "image's as a view-less cache would (whole-image)",
+    ),
     teacher: str = typer.Option("ViT-B-16", help="distill=online: open_clip model or config JSON"),
     pretrained: str = typer.Option("openai", help="distill=online: tag, checkpoint file or none"),
     allow_random_teacher: bool = typer.Option(False),
@@ -372,6 +380,7 @@ def train(
         precompute_frozen=precompute_frozen,
         frozen_cache=frozen_cache,
         blank_text=blank_text,
+        view_targets=view_targets,
         workers=workers,
         persistent_workers=persistent_workers,
         seed=seed,
@@ -474,16 +483,20 @@ def experiment(
 
     `distillation`: CD (both terms), image term only, text term only, no CD, on all and on 25% of the
     train images. `box-loss`: smooth-L1 β=1, smooth-L1 β=0.1, L1. `students`: TransVG vs LGR-NET, each
-    with and without CD. An interrupted experiment resumes.
+    with and without CD. `exact-views`: CD toward each augmented view's own teacher embedding (an
+    exact-view cache, K = 4) vs toward the whole image's, on the same views, and no CD.
+    `coord-embedding`: LGR-NET's coordinate embedding on/off, with spatial words allowed and
+    forbidden (Table VI on shapes). An interrupted experiment resumes.
     """
-    from pipeline.demo import DemoConfig
     from pipeline.experiment import ExperimentConfig, run_experiment
 
     _setup_logging()
     if quick:
         config = ExperimentConfig.quick(study, out)
     else:
-        demo = DemoConfig(out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs)))
+        demo = dataclasses.replace(
+            ExperimentConfig().demo, out=out, epochs=epochs, lr_drop=max(1, round(0.85 * epochs))
+        )
         config = ExperimentConfig(study=study, out=out, seeds=tuple(range(seeds)), demo=demo)
     results = run_experiment(config)
     typer.echo(f"results: {results}")

@@ -2,7 +2,7 @@
 trainer replays view (epoch mod K), so the cached target is the teacher's embedding of the student's
 own pixels."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,16 @@ import storage
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import TrainTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_augment_params
+from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.train import OnlineTeacher, Trainer, student_config_for, transform_config_for
+from pipeline.engine.frozen_inputs import build_view_table, model_inputs
+from pipeline.engine.train import (
+    OnlineTeacher,
+    Trainer,
+    student_config_for,
+    train,
+    transform_config_for,
+)
 from pipeline.teacher import TeacherConfig
 from pipeline.views import VIEW_PARAMS, VIEWS, ViewsMismatchError, ViewSpec
 
@@ -196,3 +204,77 @@ def test_a_store_with_other_views_is_not_resumed_into(shapes_root, views_store, 
     other = replace(other, views=replace(other.views, seed=1))
     with pytest.raises(storage.FingerprintMismatchError):
         build_cache(other)
+
+
+FROZEN = {"image_size": 64, "frozen_backbone_stages": 5, "freeze_text_encoder": True}
+
+
+def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root, views_store, tmp_path):
+    """--precompute-frozen on an exact-view store: one backbone pass per (record, view), and each epoch
+    reads the view the teacher embedded for it, exactly as the pixel path would feed it."""
+    config = run_config(
+        shapes_root, views_store, tmp_path / "run", student_overrides=FROZEN, precompute_frozen=True
+    )
+    trainer = Trainer(config)
+    table = trainer.frozen_table(config.train_split)
+    n = len(trainer.train_set)
+    assert len(table) == n and table.backbone_features.shape[0] == K * n
+    in_a_worker = build_view_table(trainer.model, trainer.train_set, K, trainer.collate.tokenize, "cpu", 4, 1)
+    for field in fields(table):
+        assert torch.equal(getattr(in_a_worker, field.name), getattr(table, field.name)), field.name
+    model = trainer.model.eval()
+    for epoch in range(K + 1):  # epoch K comes back to view 0
+        positions = [epoch * n + i for i in range(n)]
+        pixel_batch = trainer.collate([trainer.train_set[p] for p in positions])
+        table_batch = table.collate(positions)
+        assert bool((table_batch["view"] == epoch % K).all())
+        for key in ("box", "index", "flipped", "text_swapped", "view"):
+            assert torch.equal(table_batch[key], pixel_batch[key]), key
+        for mine, theirs in zip(
+            trainer.teacher_targets(table_batch), trainer.teacher_targets(pixel_batch), strict=True
+        ):
+            assert torch.equal(mine, theirs)
+        with torch.no_grad():
+            from_table = model(**model_inputs(table_batch, torch.device("cpu")))
+            from_pixels = model(**model_inputs(pixel_batch, torch.device("cpu")))
+        torch.testing.assert_close(from_table.box, from_pixels.box, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(from_table.vls, from_pixels.vls, atol=1e-5, rtol=1e-4)
+
+
+def test_whole_image_targets_replay_the_views_against_the_view_less_rows(shapes_root, views_store, tmp_path):
+    """--view-targets whole-image: the student sees the same views, the targets are today's cache's."""
+    config = run_config(shapes_root, views_store, tmp_path / "run", view_targets="whole-image")
+    trainer = Trainer(config)
+    batch = trainer.collate([trainer.train_set[len(trainer.train_set) + i] for i in range(4)])  # view 1
+    image, text = trainer.teacher_targets(batch)
+    plain = trainer.targets.lookup(
+        config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
+    )
+    exact = trainer.targets.lookup(
+        config.train_split, batch["index"], batch["flipped"], batch["text_swapped"], batch["view"]
+    )
+    assert torch.equal(image, plain[0]) and torch.equal(text, plain[1])
+    assert not torch.equal(image, exact[0])
+
+
+def test_precomputed_augmented_training_needs_a_views_store(shapes_root, tmp_path):
+    store = build_cache(job(shapes_root, tmp_path / "plain", views=None))
+    config = run_config(
+        shapes_root, store, tmp_path / "run", student_overrides=FROZEN, precompute_frozen=True
+    )
+    with pytest.raises(ValueError, match="needs an exact-view cache"):
+        Trainer(config)
+
+
+def test_a_precomputed_views_run_trains_and_resumes(shapes_root, views_store, tmp_path):
+    settings = dict(student_overrides=FROZEN, precompute_frozen=True, frozen_cache=tmp_path / "frozen")
+    straight = train(run_config(shapes_root, views_store, tmp_path / "straight", epochs=3, **settings))
+    train(run_config(shapes_root, views_store, tmp_path / "resumed", epochs=2, **settings))
+    resumed = train(
+        run_config(shapes_root, views_store, tmp_path / "resumed", epochs=3, resume=True, **settings)
+    )
+    assert resumed["steps"] == straight["steps"]
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    for key in a:  # the second run read the first one's saved table: that must not change its training
+        assert torch.equal(a[key], b[key]), key

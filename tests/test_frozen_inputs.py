@@ -114,7 +114,9 @@ def _table_run(shapes_root: Path, out: Path, **changes) -> TrainConfig:
 def test_runs_that_differ_only_in_training_share_the_saved_tables(shapes_root, tmp_path, monkeypatch):
     first = Trainer(_table_run(shapes_root, tmp_path / "a"))
     saved = sorted(p.name for p in (tmp_path / "frozen").iterdir())
-    assert [name.split("-")[0] for name in saved] == ["train"]  # eval splits are built when first used
+    # the train split's table and its image part; eval splits are built when first used
+    assert len(saved) == 2 and all(name.startswith("train-") for name in saved)
+    assert sum(name.startswith("train-images-") for name in saved) == 1
 
     def no_build(*args, **kwargs):
         raise AssertionError("a saved table was computed again")
@@ -131,6 +133,23 @@ def test_runs_that_differ_only_in_training_share_the_saved_tables(shapes_root, t
         Trainer(_table_run(shapes_root, tmp_path / "e", seed=3))
     with pytest.raises(AssertionError, match="computed again"):  # other frozen-branch settings
         Trainer(_table_run(shapes_root, tmp_path / "d", student_overrides={**FROZEN, "image_size": 96}))
+
+
+def test_a_run_with_other_texts_reads_the_saved_backbone_maps(shapes_root, tmp_path, monkeypatch):
+    """The demo's image-only control (blank texts) computes only its text part."""
+    student = Trainer(_table_run(shapes_root, tmp_path / "student"))
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran again")
+
+    monkeypatch.setattr(train_module, "build_image_table", no_backbone)
+    control = Trainer(_table_run(shapes_root, tmp_path / "control", blank_text=True))
+    mine, theirs = student.frozen_table("train"), control.frozen_table("train")
+    assert torch.equal(mine.backbone_features, theirs.backbone_features)
+    assert torch.equal(mine.image_row, theirs.image_row) and torch.equal(mine.box, theirs.box)
+    assert theirs.text_states.shape[0] == 1 < mine.text_states.shape[0]  # the one blank text
+    with pytest.raises(AssertionError, match="backbone ran again"):  # other frozen weights: other maps
+        Trainer(_table_run(shapes_root, tmp_path / "other", blank_text=True, seed=3))
 
 
 def test_a_fully_frozen_branch_stays_in_eval_mode():

@@ -9,6 +9,9 @@ from typing import Any
 from pipeline.losses import LossConfig
 
 DISTILL_MODES = ("none", "cached", "online")
+# Exact-view stores: distil toward each replayed view's own embedding, or (today's cache, for the
+# comparison) toward the whole image's, or its flip's, whatever view the student sees.
+VIEW_TARGETS = ("exact", "whole-image")
 # RefCOCO+ trains twice as long in the paper (180 epochs, drop at 120); the rest 90 / 60.
 PAPER_SCHEDULES = {"refcoco+": (180, 120)}
 DEFAULT_SCHEDULE = (90, 60)
@@ -48,8 +51,9 @@ class TrainConfig:
     train_fraction: float = 1.0  # a seeded fraction of the train images (data-size experiments)
     augment: bool = True  # False: train on the eval transform (overfitting checks)
     aug_translate: bool = False  # TransVG's --aug_translate: a random place in the padded square
+    view_targets: str = "exact"  # exact-view stores only: VIEW_TARGETS
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
-    precompute_frozen: bool = False  # frozen backbone + text encoder, no augmentation: run them once
+    precompute_frozen: bool = False  # run the frozen branches once (no augmentation, or exact views)
     frozen_cache: Path | None = None  # a folder where precomputed tables are kept for later runs
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
@@ -72,10 +76,15 @@ class TrainConfig:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
         if self.distill == "cached" and self.cache is None:
             raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
-        if self.precompute_frozen and (self.augment or self.distill == "online"):
+        if self.view_targets not in VIEW_TARGETS:
+            raise ValueError(f"--view-targets must be one of {VIEW_TARGETS}, got {self.view_targets!r}")
+        if self.precompute_frozen and (
+            self.distill == "online" or (self.augment and self.distill != "cached")
+        ):
             raise ValueError(
-                "--precompute-frozen needs --no-augment and a cached or no teacher: augmented pixels "
-                "change every epoch, and the online teacher reads pixels"
+                "--precompute-frozen needs a cached or no teacher, and --no-augment unless the cache "
+                "holds exact views (`cache build --views K`): augmented pixels change every epoch, and "
+                "the online teacher reads pixels"
             )
         default_epochs, default_drop = paper_schedule(self.dataset)
         if self.epochs is None:

@@ -49,7 +49,10 @@ from pipeline.engine.distributed import (
 from pipeline.engine.evaluate import Prediction, eval_loader, format_table, predict_split, summarize
 from pipeline.engine.frozen_inputs import (
     FrozenInputTable,
+    ImageTable,
     build_frozen_table,
+    build_image_table,
+    build_view_table,
     cached_table,
     model_inputs,
     table_key,
@@ -272,6 +275,11 @@ class Trainer:
             groups.append({"params": list(self.online_teacher.parameters()), "lr": config.lr_pretrained})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.frozen_tables: dict[str, FrozenInputTable] = {}
+        if config.precompute_frozen and config.augment and self.train_set.views is None:
+            raise ValueError(
+                f"--precompute-frozen with augmentation needs an exact-view cache; {config.cache} has "
+                "no views (build one with `cache build --views K`, or train with --no-augment)"
+            )
         if config.precompute_frozen:
             table = self.frozen_table(config.train_split)
             self.train_loader = table_loader(
@@ -310,22 +318,51 @@ class Trainer:
         `frozen_cache` when an earlier run with the same frozen branches and records saved them."""
         if split not in self.frozen_tables:
             samples = self.samples[split]
-            transform = EvalTransform(self.transform_config)
             settings = {"student": asdict(self.student_config), "transform": asdict(self.transform_config)}
+            views = self.train_set.views if split == self.config.train_split else None
+            if views is not None:
+                settings["views"] = self.targets.fingerprint["views"]
+
+                def build() -> FrozenInputTable:
+                    return build_view_table(
+                        self.model,
+                        self.train_set,
+                        views.count,
+                        self.collate.tokenize,
+                        self.device,
+                        self.config.batch_size,
+                        self.config.workers,
+                    )
+            else:
+
+                def build() -> FrozenInputTable:
+                    transform = EvalTransform(self.transform_config)
+                    images_key = table_key(self.model, settings, samples, images_only=True)
+                    images = cached_table(
+                        self.config.frozen_cache,
+                        f"{split}-images-{images_key}",
+                        lambda: build_image_table(
+                            self.model,
+                            samples,
+                            transform,
+                            self.device,
+                            self.config.batch_size,
+                            self.config.workers,
+                        ),
+                        ImageTable,
+                    )
+                    return build_frozen_table(
+                        self.model,
+                        samples,
+                        transform,
+                        self.collate.tokenize,
+                        self.device,
+                        self.config.batch_size,
+                        images=images,
+                    )
+
             key = table_key(self.model, settings, samples) if self.config.frozen_cache else ""
-            self.frozen_tables[split] = cached_table(
-                self.config.frozen_cache,
-                f"{split}-{key}",
-                lambda: build_frozen_table(
-                    self.model,
-                    samples,
-                    transform,
-                    self.collate.tokenize,
-                    self.device,
-                    self.config.batch_size,
-                    self.config.workers,
-                ),
-            )
+            self.frozen_tables[split] = cached_table(self.config.frozen_cache, f"{split}-{key}", build)
         return self.frozen_tables[split]
 
     def eval_splits(self) -> list[str]:
@@ -446,7 +483,7 @@ class Trainer:
                 batch["index"],
                 batch["flipped"],
                 batch["text_swapped"],
-                batch.get("view"),
+                batch.get("view") if self.config.view_targets == "exact" else None,
             )
             return image.to(self.device, non_blocking=True), text.to(self.device, non_blocking=True)
         if self.online_teacher is not None:
@@ -592,6 +629,14 @@ class Trainer:
         ]
         if items:
             plot_gallery(items, self.out / "gallery.png")
+
+
+def precompute_tables(config: TrainConfig) -> None:
+    """Build a `--precompute-frozen` run's tables (train and every eval split) into its `frozen_cache`
+    ahead of it: runs started after, and runs that share its images, then read them."""
+    trainer = Trainer(config)  # builds the train split's table
+    for split in trainer.eval_splits():
+        trainer.frozen_table(split)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
