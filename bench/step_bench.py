@@ -1,8 +1,10 @@
-"""Training-step benchmark: distill none / cached / online, timed interleaved in one run.
+"""Training-step benchmark: distill none / cached / cached-views / online, timed interleaved in one run.
 
 It times the trainer's own `train_step` (compute only: one pre-collated batch of real shapes images,
-reused) and, with `--loader-batches N`, N steps of the cached run fed by its real DataLoader (JPEG
-decoding and augmentation in `--workers` processes), against the compute-only figure. Teacher and
+reused) and, with `--loader-batches N`, N steps of the cached runs fed by their real DataLoader (JPEG
+decoding and augmentation in `--workers` processes), against the compute-only figure. `cached-views`
+trains on an exact-view store (`cache build --views K`): its step looks the target up by the replayed
+view, and its loader renders the stored choices instead of drawing new ones. Teacher and
 student have random weights (`transvg-r50-random` is the paper's student, `lgrnet-r50` LGR-NET's, both
 buildable offline): speed does not depend on them. Any student preset works; run it once per student
 to compare them (`bash bench/gpu.sh run step` and `run step-lgrnet`).
@@ -16,6 +18,7 @@ to compare them (`bash bench/gpu.sh run step` and `run step-lgrnet`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -34,8 +37,10 @@ from pipeline.demo import TINY_TEACHER
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import Trainer
 from pipeline.teacher import TeacherConfig
+from pipeline.views import ViewSpec, student_transform
 
-MODES = ("none", "cached", "online")
+MODES = ("none", "cached", "cached-views", "online")
+CACHED_MODES = ("cached", "cached-views")
 
 
 def _sync(device: str) -> None:
@@ -93,6 +98,7 @@ def main(
     loader_batches: int = typer.Option(0, help="also time N steps fed by the real DataLoader; 0 = skip"),
     workers: int = typer.Option(4, help="DataLoader processes for --loader-batches"),
     jpeg_size: int = typer.Option(256, help="side of the generated shapes JPEGs (640 ~ a COCO image)"),
+    views: int = typer.Option(4, help="K of the cached-views mode's exact-view store"),
     text_encoder: str | None = typer.Option(
         None, help="override the preset's text encoder (a local folder where its package is absent)"
     ),
@@ -104,15 +110,18 @@ def main(
         # ~4 expressions an image, 80% of images in train: enough train samples for every timed batch.
         images = max(40, batch_size, (loader_batches + 2) * batch_size // 3)
         make_shapes(data_root, n=images, seed=0, image_size=jpeg_size)
-    teacher_config = TeacherConfig(model=teacher, pretrained="none", allow_random=True, device=device)
-    store = build_cache(
-        CacheJobConfig(
-            dataset="shapes", data_root=data_root, teacher=teacher_config, out=root / "cache", progress=False
-        )
-    )
     overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
     if text_encoder:
         overrides["text_encoder"] = text_encoder
+    teacher_config = TeacherConfig(model=teacher, pretrained="none", allow_random=True, device=device)
+    job = CacheJobConfig(
+        dataset="shapes", data_root=data_root, teacher=teacher_config, out=root / "cache", progress=False
+    )
+    view_spec = ViewSpec(views, student_transform(student, image_size))
+    stores = {
+        "cached": build_cache(job),
+        "cached-views": build_cache(dataclasses.replace(job, out=root / "cache-views", views=view_spec)),
+    }
     trainers = {
         mode: Trainer(
             TrainConfig(
@@ -121,13 +130,13 @@ def main(
                 out=root / mode,
                 student=student,
                 student_overrides=overrides,
-                distill=mode,
-                cache=store if mode == "cached" else None,
+                distill="cached" if mode in CACHED_MODES else mode,
+                cache=stores.get(mode),
                 teacher_model=teacher,
                 teacher_pretrained="none",
                 allow_random_teacher=True,
                 batch_size=batch_size,
-                workers=workers if mode == "cached" else 0,
+                workers=workers if mode in CACHED_MODES else 0,
                 device=device,
                 compile=compile,
                 progress=False,
@@ -135,15 +144,20 @@ def main(
         )
         for mode in MODES
     }
-    batch = next(iter(trainers["none"].train_loader))
-    for trainer in trainers.values():  # warm-up
-        time_steps(trainer, batch, 1)
+    # One batch for every mode: the views run's (its replayed views), without `view` where no store has one.
+    with_view = next(iter(trainers["cached-views"].train_loader))
+    batch = {key: value for key, value in with_view.items() if key != "view"}
+    batches = {mode: with_view if mode == "cached-views" else batch for mode in MODES}
+    for mode, trainer in trainers.items():  # warm-up
+        time_steps(trainer, batches[mode], 1)
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
         for mode, trainer in trainers.items():
-            samples[mode].append(time_steps(trainer, batch, steps))
+            samples[mode].append(time_steps(trainer, batches[mode], steps))
     flops = step_flops(trainers["none"], batch)
-    loader_seconds = time_loader_steps(trainers["cached"], loader_batches) if loader_batches else None
+    loader_seconds = {
+        mode: time_loader_steps(trainers[mode], loader_batches) for mode in CACHED_MODES if loader_batches
+    }
     base = statistics.median(samples["none"])
     results = {}
     for mode in MODES:
@@ -170,15 +184,16 @@ def main(
         "achieved_tflops": round(achieved / 1e12, 3),
         "mfu": round(achieved / (peak_tflops * 1e12), 3) if peak_tflops else None,
     }
-    if loader_seconds is not None:
-        compute_only = statistics.median(samples["cached"])
-        report["end_to_end_cached"] = {
+    report["views"] = views
+    for mode, seconds in loader_seconds.items():
+        compute_only = statistics.median(samples[mode])
+        report[f"end_to_end_{mode.replace('-', '_')}"] = {
             "steps": loader_batches,
             "workers": workers,
             "jpeg_size": jpeg_size,
-            "ms_per_step": round(1000 * loader_seconds, 1),
-            "images_per_s": round(batch_size / loader_seconds, 1),
-            "vs_compute_only_pct": round(100 * (loader_seconds / compute_only - 1), 1),
+            "ms_per_step": round(1000 * seconds, 1),
+            "images_per_s": round(batch_size / seconds, 1),
+            "vs_compute_only_pct": round(100 * (seconds / compute_only - 1), 1),
         }
     print(json.dumps(report, indent=2))
 
