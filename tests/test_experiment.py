@@ -1,6 +1,7 @@
 """The experiment command: training subsets, mean ± std over seeds, and the QUICK study end to end."""
 
 import csv
+import json
 import math
 from dataclasses import replace
 
@@ -8,8 +9,10 @@ import pytest
 
 import pipeline.experiment as experiment
 import pipeline.teacher_training as teacher_training
-from pipeline.data import image_subset
+import storage
+from pipeline.data import image_subset, load_split
 from pipeline.data.sample import Sample
+from pipeline.data.shapes import EXTREMES, RELATIONS
 from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
 from pipeline.engine.ablations import ablation_config
 from pipeline.engine.config import TrainConfig
@@ -44,12 +47,12 @@ def test_a_train_fraction_outside_0_1_is_refused():
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
     runs = [
-        {"fraction": 1.0, "variant": "a", "seed": 0, "test acc@0.5": 0.2},
-        {"fraction": 1.0, "variant": "a", "seed": 1, "test acc@0.5": 0.4},
-        {"fraction": 1.0, "variant": "b", "seed": 0, "test acc@0.5": 0.5},
+        {"data": "", "fraction": 1.0, "variant": "a", "seed": 0, "test acc@0.5": 0.2},
+        {"data": "", "fraction": 1.0, "variant": "a", "seed": 1, "test acc@0.5": 0.4},
+        {"data": "", "fraction": 1.0, "variant": "b", "seed": 0, "test acc@0.5": 0.5},
     ]
     a, b = aggregate(runs)
-    assert (a["variant"], a["seeds"]) == ("a", 2)
+    assert (a["group"], a["variant"], a["seeds"]) == ("100% of train images", "a", 2)
     assert a["test acc@0.5"] == pytest.approx(0.3)
     assert a["test acc@0.5 std"] == pytest.approx(math.sqrt(0.02))  # (0.1² + 0.1²) / (2 − 1)
     assert (b["test acc@0.5"], b["test acc@0.5 std"]) == (0.5, 0.0)
@@ -95,7 +98,7 @@ def test_quick_distillation_study_end_to_end_and_resumes(tmp_path, monkeypatch):
     table = results.read_text()
     for row in [*variants, "centre prior", "text-only prior"]:
         assert f"| {row} |" in table, row
-    assert "| 25% |" in table and " ± " in table
+    assert "| 25% of train images |" in table and " ± " in table
     assert (out / "results.png").is_file()
     quarter = list((out / "train0.25" / "seed0").iterdir())
     assert len(quarter) == len(variants)  # one run folder a variant
@@ -114,3 +117,48 @@ def test_quick_distillation_study_end_to_end_and_resumes(tmp_path, monkeypatch):
     # a teacher trained otherwise than asked is not reused
     with pytest.raises(AssertionError, match="teacher trained again"):
         prepare_demo_assets(replace(DemoConfig.quick(out), teacher_epochs=2))
+
+
+@pytest.mark.slow
+def test_quick_exact_views_study_replays_the_same_views_under_each_target(tmp_path):
+    out = tmp_path / "experiment"
+    run_experiment(ExperimentConfig.quick("exact-views", out))
+    with (out / "results.csv").open() as handle:
+        runs = list(csv.DictReader(handle))
+    assert {r["variant"] for r in runs} == set(experiment.EXACT_VIEW_VARIANTS)
+    store = storage.FeatureStore.open(out / "cache")
+    assert store.fingerprint["views"]["count"] == experiment.EXACT_VIEWS
+    configs = {
+        p.name: json.loads((p / "config.json").read_text()) for p in (out / "train1" / "seed0").iterdir()
+    }
+    assert len(configs) == len(experiment.EXACT_VIEW_VARIANTS)
+    for config in configs.values():  # every variant trains on the store's augmented views, precomputed
+        assert config["augment"] and config["precompute_frozen"] and config["distill"] == "cached"
+    assert sorted(c["view_targets"] for c in configs.values()) == ["exact", "exact", "whole-image"]
+    no_cd = [c["loss"] for c in configs.values() if not c["loss"]["image_term"]]
+    assert no_cd == [{**no_cd[0], "text_term": False}]
+    tables = [p for p in (out / "frozen").iterdir() if p.name.startswith("train-")]
+    assert len(tables) == 1, "the variants and seeds share one precomputed view table"
+
+
+@pytest.mark.slow
+def test_quick_coord_embedding_study_switches_the_data_and_the_embedding(tmp_path):
+    out = tmp_path / "experiment"
+    results = run_experiment(ExperimentConfig.quick("coord-embedding", out)).read_text()
+    spatial = {word for name, _, _ in (*EXTREMES, *RELATIONS) for word in name.split()} - {"of"}
+    words = {
+        data: {word for s in load_split("shapes", "train", out / data / "data") for word in s.text.split()}
+        for data in ("spatial-words", "no-spatial-words")
+    }
+    assert spatial & words["spatial-words"] and not spatial & words["no-spatial-words"]
+    for data in ("spatial-words", "no-spatial-words"):  # each data setting has its own teacher and cache
+        assert (out / data / "teacher").is_dir() and (out / data / "cache").is_dir()
+        runs = {p.name: p for p in (out / data / "train1" / "seed0").iterdir()}
+        configs = {name: json.loads((p / "config.json").read_text()) for name, p in runs.items()}
+        assert sorted(c["student_overrides"].get("coord_embedding", True) for c in configs.values()) == [
+            False,
+            True,
+        ]
+        assert {c["student"] for c in configs.values()} == {"lgrnet-shapes"}
+    for group in ("spatial words, 100% of train images", "no spatial words, 100% of train images"):
+        assert results.count(f"| {group} |") == len(experiment.COORD_VARIANTS) + 2  # + both priors

@@ -71,29 +71,30 @@ def plot_prediction(image_path: Path, text: str, box: tuple[float, ...], out: Pa
     return out
 
 
-def plot_experiment(rows: list[dict], priors: dict[float, dict[str, dict]], out: Path, title: str) -> Path:
-    """Test Acc@0.5 (mean ± std over seeds) per variant, grouped by training-set size, priors dashed.
+def plot_experiment(rows: list[dict], priors: dict[str, dict[str, dict]], out: Path, title: str) -> Path:
+    """Test Acc@0.5 (mean ± std over seeds) per variant, grouped by data setting and training-set size,
+    priors dashed.
 
-    rows: `experiment.aggregate`'s (fraction, variant, "test acc@0.5" and its std); priors: per
-    fraction, {prior name: {split: scores}}.
+    rows: `experiment.aggregate`'s (group, variant, "test acc@0.5" and its std); priors: per group,
+    {prior name: {split: scores}}.
     """
-    fractions = list(dict.fromkeys(row["fraction"] for row in rows))
+    groups = list(priors)
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(fractions), 4))
+    fig, ax = plt.subplots(figsize=(2.2 + 2.6 * len(groups), 4))
     for v, variant in enumerate(variants):
-        mine = {row["fraction"]: row for row in rows if row["variant"] == variant}
-        x = [f + (v - (len(variants) - 1) / 2) * width for f in range(len(fractions))]
-        means = [100 * mine[fraction]["test acc@0.5"] for fraction in fractions]
-        stds = [100 * mine[fraction]["test acc@0.5 std"] for fraction in fractions]
+        mine = {row["group"]: row for row in rows if row["variant"] == variant}
+        x = [g + (v - (len(variants) - 1) / 2) * width for g in range(len(groups))]
+        means = [100 * mine[group]["test acc@0.5"] for group in groups]
+        stds = [100 * mine[group]["test acc@0.5 std"] for group in groups]
         ax.bar(x, means, width, yerr=stds, capsize=3, label=variant)
-    for f, fraction in enumerate(fractions):
+    for g, group in enumerate(groups):
         for name, style in (("text-only prior", "--"), ("centre prior", ":")):
-            value = 100 * priors[fraction][name]["test"]["acc@0.5"]
+            value = 100 * priors[group][name]["test"]["acc@0.5"]
             ax.hlines(
-                value, f - 0.45, f + 0.45, colors="black", linestyles=style, label=name if f == 0 else None
+                value, g - 0.45, g + 0.45, colors="black", linestyles=style, label=name if g == 0 else None
             )
-    ax.set_xticks(range(len(fractions)), [f"{100 * fraction:g}% of train images" for fraction in fractions])
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set(ylabel="test Acc@0.5 (%)", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
