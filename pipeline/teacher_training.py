@@ -323,7 +323,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `threads` inside the block (None: left as they are)."""
     if threads is None:
         yield
         return
@@ -442,7 +443,7 @@ def train_teacher(config: TeacherTrainingConfig) -> dict[str, Any]:
     `text_to_image_r1`, on `eval["split"]`), and the run's sizes, timings and loss history.
     """
     config.check()
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         return _train_teacher(config)
 
 

@@ -85,3 +85,18 @@ def test_quick_ablations_write_one_table(tmp_path):
     assert [row["variant"] for row in rows] == list(ablation_grid())
     assert all(0.0 <= float(row["val"]) <= 1.0 for row in rows)
     assert "| no distillation |" in (out / "results.md").read_text()
+
+
+
+def test_a_failed_side_run_stops_the_demo_with_its_folder_named(tmp_path):
+    """The image-only control trains in a spawned process beside the student: its failure surfaces."""
+    from pipeline.data import make_shapes
+    from pipeline.demo import train_side_by_side
+
+    make_shapes(tmp_path / "data", n=12, seed=0, image_size=64)
+    settings = dict(dataset="shapes", student="tiny", distill="none", epochs=1, max_samples=4, workers=0)
+    fine = TrainConfig(data_root=tmp_path / "data", out=tmp_path / "student", progress=False, **settings)
+    broken = TrainConfig(data_root=tmp_path / "no-data", out=tmp_path / "control", **settings)
+    with pytest.raises(RuntimeError, match="control.*failed"):
+        train_side_by_side(fine, broken)
+    assert (tmp_path / "student" / "summary.json").is_file()  # the run beside it finished
