@@ -40,7 +40,8 @@ train: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
 
-# STUDY=distillation (default) or box-loss; QUICK=1 for the test-sized form.
+# STUDY=distillation (default), box-loss, students, exact-views or coord-embedding; QUICK=1 for the
+# test-sized form.
 experiment: $(STAMP)
 	$(BIN)/epmvg experiment $(or $(STUDY),distillation) --out $(or $(OUT),experiment/$(or $(STUDY),distillation)) \
 		$(if $(QUICK),--quick,)

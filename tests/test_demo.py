@@ -87,7 +87,6 @@ def test_quick_ablations_write_one_table(tmp_path):
     assert "| no distillation |" in (out / "results.md").read_text()
 
 
-
 def test_a_failed_side_run_stops_the_demo_with_its_folder_named(tmp_path):
     """The image-only control trains in a spawned process beside the student: its failure surfaces."""
     from pipeline.data import make_shapes

@@ -79,6 +79,14 @@ def test_the_demo_trains_with_the_box_loss_the_study_chose(tmp_path):
     assert run.loss == LossConfig()  # the paper's objective; the cell loss comes from the preset
 
 
+def test_the_demo_reads_upsampled_scenes_and_the_studies_keep_their_measured_settings(tmp_path):
+    demo = DemoConfig(out=tmp_path)
+    run = demo_run(demo, tmp_path / "data", tmp_path / "cache", tmp_path / "run")
+    assert run.student_overrides == {"image_size": 2 * demo.image_size, "dropout": 0.0}  # README: why
+    study = demo_run(ExperimentConfig().demo, tmp_path / "data", tmp_path / "cache", tmp_path / "run")
+    assert study.student_overrides == {"image_size": 128, "dropout": 0.1}  # as the published tables ran
+
+
 def test_unknown_study_is_refused():
     with pytest.raises(ValueError, match="unknown study"):
         ExperimentConfig(study="nope")

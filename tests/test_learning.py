@@ -30,7 +30,7 @@ def _blank_expressions(root: Path) -> None:
 
 
 def _train_and_compare(root: Path, out: Path, epochs: int) -> tuple[dict, dict]:
-    config = DemoConfig(out=out, epochs=epochs, lr_drop=epochs, workers=0, input_size=128)
+    config = DemoConfig(out=out, epochs=epochs, lr_drop=epochs, workers=0, input_size=128, dropout=0.1)
     summary = train(demo_run(config, root, None, out / "run", distill="none", gallery_size=0))
     splits = {split: load_split("shapes", split, root) for split in ("val", "test")}
     priors = prior_results(load_split("shapes", "train", root), splits)
