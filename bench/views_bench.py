@@ -21,8 +21,9 @@ import typer
 
 import storage
 from pipeline.cache_job import CacheJobConfig, build_cache
+from pipeline.targets.schema import VIEW_PARAMS, VIEWS
 from pipeline.teacher import TeacherConfig
-from pipeline.views import VIEW_PARAMS, VIEWS, ViewSpec, student_transform
+from pipeline.views import ViewSpec, student_transform
 
 
 def directory_bytes(path: Path) -> int:

@@ -30,11 +30,9 @@ from pipeline.data import (
     swap_left_right,
     validate_samples,
 )
+from pipeline.targets.schema import IMAGES, INDEX_FIELDS, TEXTS, VIEW_PARAMS, VIEW_ROW, VIEWS
 from pipeline.teacher import Teacher, TeacherConfig, build_teacher
 from pipeline.views import (
-    VIEW_PARAMS,
-    VIEW_ROW,
-    VIEWS,
     ViewPlan,
     ViewSpec,
     embed_views,
@@ -43,9 +41,6 @@ from pipeline.views import (
 )
 
 log = logging.getLogger(__name__)
-
-IMAGES, TEXTS = "images", "texts"
-INDEX_FIELDS = ("image_row", "text_row", "text_swapped_row")
 
 
 @dataclass(frozen=True)

@@ -4,28 +4,27 @@
     L_dist = α·d(VLS, pool(DIE)) + β·d(CLS, pool(DTE))                          (distillation)
     L_cell = BCE(cell logits, [cell centre inside b])           (this kit's auxiliary, off by default)
 
-LGR-NET (Lu et al., TCSVT 2024), the second student, trains with `lgrnet_loss`:
+LGR-NET (Lu et al., TCSVT 2024), the second student, trains with:
 
     L = Σ_layers [L_box(b_i, b̂) + λ_giou·L_giou(b_i, b̂)] + λ·L_align (+ L_dist)         (Eq. 8)
     L_align = InfoNCE(FFN_obj(f_p), f_sent; τ)                                          (Eq. 9-11)
 
-Every equation is one function below. Boxes are normalised (cx, cy, w, h); batch reductions follow
-TransVG: a box loss is summed over its 4 coordinates and averaged over the batch.
+Every equation is one function below; `pipeline/criterion.py` names them as loss terms, weights them
+(`LossConfig.weight_dict`) and sums the terms each student declares. Boxes are normalised
+(cx, cy, w, h); batch reductions follow TransVG: a box loss is summed over its 4 coordinates and
+averaged over the batch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss
-
-if TYPE_CHECKING:
-    from pipeline.student.model import StudentOutput
 
 BoxLossKind = Literal["smooth_l1", "l1"]
 DistillKind = Literal["cosine", "l1"]
@@ -107,7 +106,8 @@ def target_cell_loss(cell_logits: Tensor, target_cxcywh: Tensor) -> Tensor:
 
 @dataclass
 class LossConfig:
-    """Weights and variants of the EpmVG objective (paper defaults)."""
+    """Weights and variants of the objective (paper defaults); `weight_dict()` is the one mapping of
+    term name → weight that `pipeline.criterion.Criterion` sums with."""
 
     giou_weight: float = 1.0  # λ
     image_weight: float = 1.5  # α, on the [VLS] ↔ image-embedding term
@@ -120,41 +120,22 @@ class LossConfig:
     cell_weight: float = 1.0  # on L_cell, when the student has a cell head (StudentConfig.cell_head)
     align_weight: float = 2.0  # LGR-NET's λ on L_align (Eq. 8); other students have no L_align
 
-
-def grounding_loss(
-    output: StudentOutput,
-    target_box: Tensor,
-    teacher_image: Tensor | None = None,
-    teacher_text: Tensor | None = None,
-    config: LossConfig | None = None,
-    teacher_grad: bool = False,
-) -> dict[str, Tensor]:
-    """Total EpmVG loss L = L_box + λ·L_giou + α·d(VLS, pool(DIE)) + β·d(CLS, pool(DTE)).
-
-    Returns the unweighted terms ("box", "giou", and "distill_image" / "distill_text" when that term is
-    on and its teacher tensor is given) and their weighted sum "total". Without teacher tensors this is
-    plain TransVG training. teacher_grad=True lets the distillation gradient reach a trainable teacher.
-    """
-    config = config or LossConfig()
-    # Losses in float32 even when the student ran under bf16/fp16 autocast.
-    box, vls, cls = output.box.float(), output.vls.float(), output.cls.float()
-    target_box = target_box.float()
-    terms = {
-        "box": box_regression_loss(box, target_box, config.box, config.box_beta),
-        "giou": giou_loss(box, target_box),
-    }
-    total = terms["box"] + config.giou_weight * terms["giou"]
-    if output.cell_logits is not None:
-        terms["cell"] = target_cell_loss(output.cell_logits, target_box)
-        total = total + config.cell_weight * terms["cell"]
-    if config.image_term and teacher_image is not None:
-        terms["distill_image"] = distillation_loss(vls, teacher_image, config.distill, teacher_grad)
-        total = total + config.image_weight * terms["distill_image"]
-    if config.text_term and teacher_text is not None:
-        terms["distill_text"] = distillation_loss(cls, teacher_text, config.distill, teacher_grad)
-        total = total + config.text_weight * terms["distill_text"]
-    terms["total"] = total
-    return terms
+    def weight_dict(self) -> dict[str, float]:
+        """Every term this configuration switches on, with its weight. A student sums the terms it
+        declares that are here; a term switched off (`image_term=False`) is absent, not weighted 0."""
+        weights = {
+            "box": 1.0,
+            "giou": self.giou_weight,
+            "cell": self.cell_weight,
+            "align": self.align_weight,
+            "distill_image": self.image_weight,
+            "distill_text": self.text_weight,
+        }
+        if not self.image_term:
+            del weights["distill_image"]
+        if not self.text_term:
+            del weights["distill_text"]
+        return weights
 
 
 def layer_summed_box_loss(
@@ -201,52 +182,14 @@ def info_nce_loss(f_obj: Tensor, f_sent: Tensor, log_temperature: Tensor) -> Ten
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def lgrnet_loss(
-    output: StudentOutput,
-    target_box: Tensor,
-    teacher_image: Tensor | None = None,
-    teacher_text: Tensor | None = None,
-    config: LossConfig | None = None,
-    teacher_grad: bool = False,
-) -> dict[str, Tensor]:
-    """LGR-NET's total loss (Eq. 8) L = Σ_i [L_box + λ_giou·L_giou](b_i) + λ·L_align, plus EpmVG's
-    distillation terms on [VLS]/[CLS] when teacher tensors are given (as `grounding_loss`).
-
-    The paper's L_box is L1 (`LossConfig.box="l1"`, `--box-loss l1`). L_align runs over the global
-    batch under DDP (`gather_across_ranks`); "align_batch" records how many pairs it saw. With λ = 0
-    the term is still computed (times 0) so that its parameters get a (zero) gradient, which DDP needs.
-    """
-    config = config or LossConfig()
-    if output.layer_boxes is None or output.f_obj is None or output.f_sent is None:
-        raise ValueError("lgrnet_loss needs an LGR-NET output (layer_boxes, f_obj, f_sent)")
-    target_box = target_box.float()
-    box, giou = layer_summed_box_loss(output.layer_boxes.float(), target_box, config.box)
-    f_obj, f_sent = gather_across_ranks(output.f_obj), gather_across_ranks(output.f_sent)
-    terms = {"box": box, "giou": giou, "align": info_nce_loss(f_obj, f_sent, output.log_temperature)}
-    total = box + config.giou_weight * giou + config.align_weight * terms["align"]
-    teachers = (
-        ("distill_image", output.vls, teacher_image, config.image_term, config.image_weight),
-        ("distill_text", output.cls, teacher_text, config.text_term, config.text_weight),
-    )
-    for name, token, teacher, on, weight in teachers:
-        if on and teacher is not None:
-            terms[name] = distillation_loss(token.float(), teacher, config.distill, teacher_grad)
-            total = total + weight * terms[name]
-    terms["align_batch"] = torch.tensor(float(len(f_obj)), device=total.device)
-    terms["total"] = total
-    return terms
-
-
 __all__ = [
     "LossConfig",
     "gather_across_ranks",
     "info_nce_loss",
     "layer_summed_box_loss",
-    "lgrnet_loss",
     "box_regression_loss",
     "distillation_loss",
     "giou_loss",
-    "grounding_loss",
     "pool_teacher",
     "target_cell_loss",
 ]

@@ -7,12 +7,11 @@ table in its store, replays view (epoch mod K) of each record, so its [DIE] targ
 embedding of exactly the student's input. Flips follow the drawn choices, and the text target follows
 the flip's left/right swap through the ordinary text rows.
 
-Importing this module does not import the teacher (nor open_clip): the cached trainer uses it.
+The trainer's side, replaying the stored views, is `pipeline/targets/replay.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,33 +23,14 @@ import torch
 from PIL import Image
 
 from pipeline.data import TransformConfig, load_split
-from pipeline.data.sample import Sample
-from pipeline.data.transforms import (
-    AugmentParams,
-    TransformedSample,
-    apply_augment_params,
-    draw_augment_params,
-)
-from pipeline.targets import TargetsMismatchError
+from pipeline.data.transforms import AugmentParams, draw_augment_params
+from pipeline.student import student_preset, transform_config_for
+from pipeline.targets.replay import render_view, transform_fingerprint
 
 if TYPE_CHECKING:
     from pipeline.teacher import Teacher
 
-VIEWS = "views"
-# The choices as a float32 table beside the embeddings, so that resume, verify, dask and HDF5 treat
-# them like any table; every value is an integer below 2**24, which float32 holds exactly.
-VIEW_PARAMS = "view_params"
-_EXACT_FLOAT32 = 2**24
-VIEW_ROW = "view_row"  # index/<split>/view_row: a record's row in the views table, -1 = none
-
-
-class ViewsMismatchError(TargetsMismatchError):
-    """The store's views were drawn for another train transform (or split) than the run's."""
-
-
-def transform_fingerprint(transform: TransformConfig) -> dict[str, Any]:
-    """The transform config as the store's manifest keeps it (JSON: tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(transform)))
+_EXACT_FLOAT32 = 2**24  # the view_params table is float32: every choice must be an exact integer
 
 
 @dataclass(frozen=True)
@@ -119,13 +99,6 @@ def params_table(items: Sequence[str]) -> np.ndarray:
     return np.asarray([json.loads(item)[3] for item in items], dtype=np.float32)
 
 
-def render_view(
-    image: Image.Image, box_xyxy: Sequence[float], text: str, row: Sequence[int], transform: TransformConfig
-) -> TransformedSample:
-    """One stored view: the train transform with its choices read from `row`."""
-    return apply_augment_params(image, box_xyxy, text, AugmentParams.from_row(row), transform)
-
-
 def embed_views(teacher: Teacher, items: Sequence[str], transform: TransformConfig) -> np.ndarray:
     """[rows, K, d] float32: the teacher's [DIE] of each view's pixels, framed as the online teacher
     frames the student's input (`Teacher.preprocess_student_pixels`)."""
@@ -145,49 +118,7 @@ def embed_views(teacher: Teacher, items: Sequence[str], transform: TransformConf
     return torch.stack(out).numpy()
 
 
-class ViewReplay:
-    """What `GroundingDataset` calls in exact-view mode: record `index` at `epoch` gets view epoch mod K."""
-
-    def __init__(self, params: np.ndarray, view_row: np.ndarray, transform: TransformConfig) -> None:
-        self.params = params
-        self.view_row = view_row
-        self.transform = transform
-
-    @property
-    def count(self) -> int:
-        return int(self.params.shape[1])
-
-    def __call__(self, image: Image.Image, sample: Sample, epoch: int) -> tuple[TransformedSample, int]:
-        row = int(self.view_row[sample.index])
-        if row < 0:
-            raise ViewsMismatchError(
-                f"the store has no views for {sample.split} record {sample.index} (it skipped it)"
-            )
-        view = epoch % self.count
-        return render_view(image, sample.box_xyxy, sample.text, self.params[row, view], self.transform), view
-
-
-def check_views(stored: dict[str, Any], transform: TransformConfig, split: str, store: Path) -> None:
-    """Refuse a run whose train transform or split differs from the one the store's views were drawn with."""
-    ours = transform_fingerprint(transform)
-    theirs = stored["transform"]
-    differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if differing:
-        details = ", ".join(f"{k}: store {theirs.get(k)!r} vs run {ours.get(k)!r}" for k in differing)
-        raise ViewsMismatchError(
-            f"{store} holds exact views drawn with another train transform ({details}); train with the "
-            "store's settings, or rebuild it with `cache build --views` for this student"
-        )
-    if stored["split"] != split:
-        raise ViewsMismatchError(
-            f"{store} holds views of split {stored['split']!r}, the run trains on {split!r}"
-        )
-
-
 def student_transform(student: str, image_size: int | None = None) -> TransformConfig:
     """The train transform a student preset trains on (its size and its backbone's normalization)."""
-    from pipeline.engine.train import transform_config_for
-    from pipeline.student import student_preset
-
     overrides = {"image_size": image_size} if image_size else {}
     return transform_config_for(student_preset(student, **overrides))

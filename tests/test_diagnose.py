@@ -10,8 +10,7 @@ import torch
 
 from pipeline.data import make_shapes
 from pipeline.engine.diagnose import diagnose
-from pipeline.engine.train import make_collate, transform_config_for
-from pipeline.student import build_student, student_preset
+from pipeline.student import build_student, make_collate, student_preset, transform_config_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,15 +18,14 @@ from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_a
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.frozen_inputs import build_view_table, model_inputs
-from pipeline.engine.train import (
-    OnlineTeacher,
-    Trainer,
-    student_config_for,
-    train,
-    transform_config_for,
-)
+from pipeline.engine.setup import student_config_for
+from pipeline.engine.train import Trainer, train
+from pipeline.student import transform_config_for
+from pipeline.targets.online import OnlineTeacher
+from pipeline.targets.replay import ViewsMismatchError
+from pipeline.targets.schema import VIEW_PARAMS, VIEWS
 from pipeline.teacher import TeacherConfig
-from pipeline.views import VIEW_PARAMS, VIEWS, ViewsMismatchError, ViewSpec
+from pipeline.views import ViewSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -128,12 +127,12 @@ def test_replayed_views_are_what_the_teacher_embedded(shapes_root, views_store, 
     for epoch in range(K):
         batch = trainer.collate([trainer.train_set[epoch * n + i] for i in range(n)])
         assert bool((batch["view"] == epoch % K).all())
-        cached_image, cached_text = trainer.teacher_targets(batch)
+        cached_image, cached_text = trainer.source.targets(batch)
         online_image, online_text = online(batch["pixels"], batch["pixel_mask"], batch["text"])
         cos = _cos(cached_image, online_image)
         assert bool((cos >= 0.9999).all()), f"epoch {epoch}: {cos.tolist()}"
         assert bool((_cos(cached_text, online_text) >= 0.9999).all())  # the flip's text swap follows
-        plain = trainer.targets.lookup(
+        plain = trainer.source.tables.lookup(
             config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
         )
         plain_cos.append(_cos(plain[0], online_image))
@@ -216,7 +215,7 @@ def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root
         shapes_root, views_store, tmp_path / "run", student_overrides=FROZEN, precompute_frozen=True
     )
     trainer = Trainer(config)
-    table = trainer.frozen_table(config.train_split)
+    table = trainer.frozen_tables[config.train_split]
     n = len(trainer.train_set)
     assert len(table) == n and table.backbone_features.shape[0] == K * n
     in_a_worker = build_view_table(trainer.model, trainer.train_set, K, trainer.collate.tokenize, "cpu", 4, 1)
@@ -231,7 +230,7 @@ def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root
         for key in ("box", "index", "flipped", "text_swapped", "view"):
             assert torch.equal(table_batch[key], pixel_batch[key]), key
         for mine, theirs in zip(
-            trainer.teacher_targets(table_batch), trainer.teacher_targets(pixel_batch), strict=True
+            trainer.source.targets(table_batch), trainer.source.targets(pixel_batch), strict=True
         ):
             assert torch.equal(mine, theirs)
         with torch.no_grad():
@@ -246,11 +245,11 @@ def test_whole_image_targets_replay_the_views_against_the_view_less_rows(shapes_
     config = run_config(shapes_root, views_store, tmp_path / "run", view_targets="whole-image")
     trainer = Trainer(config)
     batch = trainer.collate([trainer.train_set[len(trainer.train_set) + i] for i in range(4)])  # view 1
-    image, text = trainer.teacher_targets(batch)
-    plain = trainer.targets.lookup(
+    image, text = trainer.source.targets(batch)
+    plain = trainer.source.tables.lookup(
         config.train_split, batch["index"], batch["flipped"], batch["text_swapped"]
     )
-    exact = trainer.targets.lookup(
+    exact = trainer.source.tables.lookup(
         config.train_split, batch["index"], batch["flipped"], batch["text_swapped"], batch["view"]
     )
     assert torch.equal(image, plain[0]) and torch.equal(text, plain[1])

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
-from pipeline.engine import train as train_module
+from pipeline.engine import frozen_inputs
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.evaluate import evaluate_checkpoint
 from pipeline.engine.frozen_inputs import build_frozen_table, model_inputs
-from pipeline.engine.train import Trainer, make_collate, train, transform_config_for
+from pipeline.engine.train import Trainer, train
 from pipeline.losses import LossConfig
-from pipeline.student import build_student, student_preset
+from pipeline.student import build_student, make_collate, student_preset, transform_config_for
 
 FROZEN = {"frozen_backbone_stages": 5, "freeze_text_encoder": True, "image_size": 64}
 
@@ -121,9 +121,9 @@ def test_runs_that_differ_only_in_training_share_the_saved_tables(shapes_root, t
     def no_build(*args, **kwargs):
         raise AssertionError("a saved table was computed again")
 
-    monkeypatch.setattr(train_module, "build_frozen_table", no_build)
+    monkeypatch.setattr(frozen_inputs, "build_frozen_table", no_build)
     second = Trainer(_table_run(shapes_root, tmp_path / "b", lr=1e-3, loss=LossConfig(box="l1")))
-    mine, theirs = first.frozen_table("train"), second.frozen_table("train")
+    mine, theirs = first.frozen_tables["train"], second.frozen_tables["train"]
     assert torch.equal(mine.backbone_features, theirs.backbone_features)
     assert torch.equal(mine.text_states, theirs.text_states)
     assert torch.equal(mine.box, theirs.box)
@@ -142,9 +142,9 @@ def test_a_run_with_other_texts_reads_the_saved_backbone_maps(shapes_root, tmp_p
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran again")
 
-    monkeypatch.setattr(train_module, "build_image_table", no_backbone)
+    monkeypatch.setattr(frozen_inputs, "build_image_table", no_backbone)
     control = Trainer(_table_run(shapes_root, tmp_path / "control", blank_text=True))
-    mine, theirs = student.frozen_table("train"), control.frozen_table("train")
+    mine, theirs = student.frozen_tables["train"], control.frozen_tables["train"]
     assert torch.equal(mine.backbone_features, theirs.backbone_features)
     assert torch.equal(mine.image_row, theirs.image_row) and torch.equal(mine.box, theirs.box)
     assert theirs.text_states.shape[0] == 1 < mine.text_states.shape[0]  # the one blank text

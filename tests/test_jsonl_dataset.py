@@ -8,7 +8,8 @@ import pytest
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.train import student_config_for, train
+from pipeline.engine.setup import student_config_for
+from pipeline.engine.train import train
 from pipeline.teacher import TeacherConfig
 
 REPO = Path(__file__).resolve().parents[1]

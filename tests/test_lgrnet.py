@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline.losses import LossConfig, info_nce_loss, layer_summed_box_loss, lgrnet_loss
+from pipeline.criterion import LossTargets
+from pipeline.losses import LossConfig, info_nce_loss, layer_summed_box_loss
 from pipeline.student import (
     STUDENTS,
     LGRNet,
@@ -85,10 +86,17 @@ def test_the_layer_summed_loss_by_hand():
         f_sent=torch.tensor([[0.0, 1.0]]),
         log_temperature=torch.tensor(0.0),
     )
-    terms = lgrnet_loss(output, target, config=LossConfig(box="l1", align_weight=2.0))
+    criterion = STUDENTS["lgrnet"].criterion(LossConfig(box="l1", align_weight=2.0))
+    terms, diagnostics = criterion(output, LossTargets(target))
     assert terms["align"].item() == pytest.approx(0.0, abs=1e-6)  # one pair: no negative to beat
     assert terms["total"].item() == pytest.approx(0.1 + 2 / 3, abs=1e-5)
-    assert terms["align_batch"].item() == 1
+    assert set(diagnostics) == {"align_batch"} and diagnostics["align_batch"].item() == 1  # not a loss
+    assert "align_batch" not in terms
+
+
+def lgrnet_loss(output, box, config=None):
+    """LGR-NET's criterion (its declared terms, `config`'s weights): the losses it returns."""
+    return STUDENTS["lgrnet"].criterion(config)(output, LossTargets(box))[0]
 
 
 def test_lambda_weighs_the_alignment_term():

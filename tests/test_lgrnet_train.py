@@ -39,7 +39,7 @@ def test_lgrnet_tiny_trains_through_the_train_command(shapes_root, store, tmp_pa
     invoke(train_args(shapes_root, out, *extra, "--box-loss", "l1"))
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss/box", "loss/giou", "loss/align", "val/acc@0.5"} <= set(row)
-    assert row["loss/align_batch"] == 4  # the effective batch of L_align: one process, batch 4
+    assert row["diag/align_batch"] == 4  # the effective batch of L_align: one process, batch 4
     assert ("loss/distill_image" in row) == (distill == "cached")
     payload = load_checkpoint(out / "last.pt")
     assert payload["student_config"]["architecture"] == "lgrnet"
@@ -103,9 +103,9 @@ def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 10
     base = json.loads((out / "lgrnet_N2_lambda2.0_batch4" / "metrics.jsonl").read_text().splitlines()[0])
-    assert base["loss/align_batch"] == 8
+    assert base["diag/align_batch"] == 8
     half = json.loads((out / "lambda2.0_batch2" / "metrics.jsonl").read_text().splitlines()[0])
-    assert half["loss/align_batch"] == 4
+    assert half["diag/align_batch"] == 4
     shutil.rmtree(out / "2_prediction_tokens")
     resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

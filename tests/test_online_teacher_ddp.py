@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import pipeline.engine.train as train_module
+import pipeline.targets.online as online_module
 from pipeline.data import make_shapes
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv
+from pipeline.targets.online import TeacherEncoders
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -37,6 +39,7 @@ def test_a_trainable_teacher_runs_through_ddp(tmp_path, monkeypatch, trainable):
     make_shapes(tmp_path / "data", n=6, seed=0, image_size=64)
     monkeypatch.setattr(train_module, "init_distributed", lambda device: DistEnv(rank=0, world_size=2))
     monkeypatch.setattr(train_module, "DistributedDataParallel", RecordingDDP)
+    monkeypatch.setattr(online_module, "DistributedDataParallel", RecordingDDP)
     RecordingDDP.wrapped = []
     config = TrainConfig(
         dataset="shapes", data_root=tmp_path / "data", out=tmp_path / "run", student="tiny",
@@ -45,10 +48,10 @@ def test_a_trainable_teacher_runs_through_ddp(tmp_path, monkeypatch, trainable):
         batch_size=2, workers=0, progress=False,
     )  # fmt: skip
     trainer = train_module.Trainer(config)
-    teachers = [ddp for ddp in RecordingDDP.wrapped if isinstance(ddp.module, train_module.TeacherEncoders)]
+    teachers = [ddp for ddp in RecordingDDP.wrapped if isinstance(ddp.module, TeacherEncoders)]
     assert len(teachers) == (1 if trainable else 0)
     pixels, pad = torch.zeros(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
-    image, text = trainer.online_teacher(pixels, pad, ["a red circle", "the blue square"])
+    image, text = trainer.source.teacher(pixels, pad, ["a red circle", "the blue square"])
     assert image.shape[0] == text.shape[0] == 2
     if trainable:
         assert teachers[0].calls == 1 and teachers[0].options["find_unused_parameters"]
@@ -72,9 +75,9 @@ config = TrainConfig(
     progress=False, lr_pretrained=1e-3,
 )
 trainer = Trainer(config)
-before = {k: v.clone() for k, v in trainer.online_teacher.teacher.model.state_dict().items()}
+before = {k: v.clone() for k, v in trainer.source.teacher.teacher.model.state_dict().items()}
 trainer.fit()
-after = trainer.online_teacher.teacher.model.state_dict()
+after = trainer.source.teacher.teacher.model.state_dict()
 torch.save({"before": before, "after": after}, out / f"teacher-rank{trainer.env.rank}.pt")
 shutdown_distributed(trainer.env)
 """

@@ -6,8 +6,9 @@ import pickle
 import pytest
 import torch
 
-from pipeline.losses import grounding_loss
+from pipeline.criterion import LossTargets
 from pipeline.student import (
+    STUDENTS,
     StudentConfig,
     TransVG,
     build_student,
@@ -210,7 +211,8 @@ def test_gradients_reach_every_trainable_parameter(config, tokenizer):
     token_ids, token_mask = tokenize(TEXTS, tokenizer, config.max_query_len)
     output = model(pixels, pixel_mask, token_ids, token_mask)
     teacher = torch.randn(4, 512)
-    grounding_loss(output, torch.rand(4, 4) * 0.5 + 0.25, teacher, teacher)["total"].backward()
+    criterion = STUDENTS["transvg"].criterion()
+    criterion(output, LossTargets(torch.rand(4, 4) * 0.5 + 0.25, teacher, teacher))[0]["total"].backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
     for name in (

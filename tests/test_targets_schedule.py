@@ -3,7 +3,7 @@
 import torch
 
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.train import lr_factor
+from pipeline.engine.setup import lr_factor
 from pipeline.targets import TargetsMismatchError, TeacherTargets
 
 

@@ -17,8 +17,8 @@ from pipeline.cache_job import embed_images
 from pipeline.data import EvalTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.train import OnlineTeacher
 from pipeline.fidelity import FidelityConfig
+from pipeline.targets.online import OnlineTeacher
 from pipeline.teacher import TeacherConfig, build_teacher
 from pipeline.views import student_transform
 

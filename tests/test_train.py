@@ -111,16 +111,14 @@ def test_loader_workers_live_across_epochs_unless_turned_off(shapes_root, store,
 def poison_loss(monkeypatch, poisoned_steps) -> None:
     """Make the total loss NaN at the given (1-based) training steps."""
     transvg = student_registry.STUDENTS["transvg"]
-    real_loss, calls = transvg.objective, []
+    real_box, calls = transvg.loss_terms["box"], []
 
     def poisoned(*args, **kwargs):
-        terms = real_loss(*args, **kwargs)
+        term = real_box(*args, **kwargs)
         calls.append(1)
-        if poisoned_steps(len(calls)):
-            terms["total"] = terms["total"] * float("nan")
-        return terms
+        return term * float("nan") if poisoned_steps(len(calls)) else term
 
-    poisoned_transvg = dataclasses.replace(transvg, objective=poisoned)
+    poisoned_transvg = dataclasses.replace(transvg, loss_terms={**transvg.loss_terms, "box": poisoned})
     monkeypatch.setitem(student_registry.STUDENTS, "transvg", poisoned_transvg)
 
 
@@ -192,7 +190,7 @@ def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_
         epochs=1,
     )
     trainer = train_module.Trainer(config)
-    teacher = trainer.online_teacher.teacher.model
+    teacher = trainer.source.teacher.teacher.model
     before = {key: value.clone() for key, value in teacher.state_dict().items()}
     summary = trainer.fit()
     assert summary["teacher_built"] is True and summary["steps"] == 2
@@ -203,7 +201,7 @@ def test_online_teacher_is_frozen_unless_trainable_and_then_checkpointed(shapes_
         assert all(torch.equal(checkpoint["teacher"][key], teacher.state_dict()[key]) for key in changed)
         resumed = train_module.Trainer(config)
         resumed.resume()
-        restored = resumed.online_teacher.teacher.model.state_dict()
+        restored = resumed.source.teacher.teacher.model.state_dict()
         assert all(torch.equal(restored[key], teacher.state_dict()[key]) for key in changed)
     else:
         assert changed == [] and "teacher" not in checkpoint

@@ -17,7 +17,8 @@ from typing import Any
 from pipeline.engine.checkpoint import LAST
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, shutdown_distributed
-from pipeline.engine.train import Trainer, student_config_for
+from pipeline.engine.setup import student_config_for
+from pipeline.engine.train import Trainer
 
 LGRNET_LAYERS = (1, 2, 4, 6)
 

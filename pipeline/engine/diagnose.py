@@ -66,7 +66,8 @@ def diagnose_checkpoint(
     """The probes on the first `samples` records of a split of the checkpoint's dataset."""
     from pipeline.data import EvalTransform, GroundingDataset
     from pipeline.engine.evaluate import data_config_for, load_student
-    from pipeline.engine.train import make_collate, prepare_split, transform_config_for
+    from pipeline.engine.setup import prepare_split
+    from pipeline.student import make_collate, transform_config_for
 
     model, _, train_config = load_student(checkpoint)
     config = data_config_for(train_config, data_root, None, skip_missing)

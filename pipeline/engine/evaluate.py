@@ -12,12 +12,25 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
+from pipeline.data import EvalTransform, available_splits
+from pipeline.data.images import read_rgb
 from pipeline.data.torch_dataset import GroundingDataset
 from pipeline.data.transforms import TransformConfig, long_side_size, pad_offsets
+from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
 from pipeline.engine.frozen_inputs import model_inputs
+from pipeline.engine.setup import prepare_split
 from pipeline.metrics import accuracy_at, box_iou_pairs, clamp_normalized
+from pipeline.student import (
+    StudentConfig,
+    build_student,
+    build_tokenizer,
+    load_student_weights,
+    make_collate,
+    tokenize,
+    transform_config_for,
+)
 
 
 @dataclass(frozen=True)
@@ -107,9 +120,6 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """The student of a checkpoint with its weights, plus the student and train configs it carries."""
-    from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
-    from pipeline.student import StudentConfig, build_student, load_student_weights
-
     payload = load_checkpoint(checkpoint)
     try:
         student_config = StudentConfig.from_dict(payload["student_config"])
@@ -124,11 +134,6 @@ def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module
 @torch.no_grad()
 def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[float, float, float, float]:
     """The box (pixels xyxy) the student grounds `text` to in one image."""
-    from pipeline.data import EvalTransform
-    from pipeline.data.images import read_rgb
-    from pipeline.engine.train import transform_config_for
-    from pipeline.student import build_tokenizer, tokenize
-
     config = model.config
     rgb = read_rgb(image_path)
     transform_config = transform_config_for(config)
@@ -168,10 +173,6 @@ def evaluate_checkpoint(
     skip_missing: bool,
 ) -> dict[str, dict[str, float]]:
     """Per-split Acc@0.5 / mIoU of a checkpoint on a dataset (its own by default)."""
-    from pipeline.data import EvalTransform, available_splits
-    from pipeline.engine.distributed import DistEnv
-    from pipeline.engine.train import make_collate, prepare_split, transform_config_for
-
     model, _, train_config = load_student(checkpoint, device)
     config = data_config_for(train_config, data_root, dataset, skip_missing)
     splits = splits or [s for s in available_splits(config.dataset, data_root) if s != config.train_split]

@@ -9,7 +9,7 @@ minutes. The table gives exactly what the full forward pass computes on the eval
 (a test checks this), so checkpoints, `eval` and `predict` are unchanged.
 
 Augmented training can be precomputed too when its augmentations are a finite, stored set: an
-exact-view store (pipeline/views.py) gives each record K views, and `build_view_table` runs the
+exact-view store (pipeline/targets/replay.py) gives each record K views, and `build_view_table` runs the
 backbone once per (record, view). Position epoch·n + i then reads view (epoch mod K) of record i, the
 view the store's teacher embedded: the same pixels the full forward pass would see in that epoch.
 """
@@ -354,7 +354,7 @@ def table_key(
         record = (
             [sample.image_key]
             if images_only
-            else [sample.image_key, sample.text, list(sample.box_xyxy), sample.index]
+            else [sample.image_key, sample.text, sample.box_xyxy and list(sample.box_xyxy), sample.index]
         )
         if images_only and sample.image_path in seen:
             continue
@@ -401,3 +401,78 @@ def table_loader(
         num_workers=0,
         drop_last=drop_last,
     )
+
+
+class FrozenTables:
+    """A run's tables, one per split, built on first use (`precompute_frozen`), or read from
+    `folder` (`frozen_cache`) when an earlier run with the same frozen branches and records saved
+    them. The train split of a run that replays stored views gets a view table."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        samples: dict[str, list[Sample]],
+        train_set: Any,
+        train_split: str,
+        transform: Any,
+        settings: dict[str, Any],
+        train_settings: dict[str, Any],
+        tokenize: Callable,
+        device: torch.device,
+        batch_size: int,
+        workers: int,
+        folder: Path | None,
+    ) -> None:
+        """`transform`: the student's eval transform config; `settings`: what every table depends
+        on besides the weights (the student's and the transform's configs); `train_settings`: what the
+        train split's table depends on besides them (the target source's views)."""
+        self.model, self.samples, self.train_set, self.train_split = model, samples, train_set, train_split
+        self.transform, self.settings, self.train_settings = transform, settings, train_settings
+        self.tokenize, self.device, self.batch_size, self.workers = tokenize, device, batch_size, workers
+        self.folder = folder
+        self.tables: dict[str, FrozenInputTable] = {}
+
+    def __getitem__(self, split: str) -> FrozenInputTable:
+        if split not in self.tables:
+            samples = self.samples[split]
+            views = self.train_set.views if split == self.train_split else None
+            settings = dict(self.settings)
+            if views is not None:
+                settings.update(self.train_settings)
+
+                def build() -> FrozenInputTable:
+                    return build_view_table(
+                        self.model,
+                        self.train_set,
+                        views.count,
+                        self.tokenize,
+                        self.device,
+                        self.batch_size,
+                        self.workers,
+                    )
+            else:
+
+                def build() -> FrozenInputTable:
+                    transform = EvalTransform(self.transform)
+                    images_key = table_key(self.model, settings, samples, images_only=True)
+                    images = cached_table(
+                        self.folder,
+                        f"{split}-images-{images_key}",
+                        lambda: build_image_table(
+                            self.model, samples, transform, self.device, self.batch_size, self.workers
+                        ),
+                        ImageTable,
+                    )
+                    return build_frozen_table(
+                        self.model,
+                        samples,
+                        transform,
+                        self.tokenize,
+                        self.device,
+                        self.batch_size,
+                        images=images,
+                    )
+
+            key = table_key(self.model, settings, samples) if self.folder else ""
+            self.tables[split] = cached_table(self.folder, f"{split}-{key}", build)
+        return self.tables[split]

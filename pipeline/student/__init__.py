@@ -8,6 +8,7 @@ from pipeline.student.config import (
     parse_field_assignments,
     student_preset,
 )
+from pipeline.student.inputs import make_collate, transform_config_for
 from pipeline.student.lgrnet import LGRNet
 from pipeline.student.model import StudentBase, StudentOutput, TransVG, param_groups
 from pipeline.student.registry import (
@@ -34,9 +35,11 @@ __all__ = [
     "build_tokenizer",
     "create_student",
     "list_student_presets",
+    "make_collate",
     "parse_field_assignments",
     "param_groups",
     "pixel_normalization",
     "student_preset",
     "tokenize",
+    "transform_config_for",
 ]

@@ -1,4 +1,4 @@
-"""The students this kit can train, by `StudentConfig.architecture`: how to build one and its loss.
+"""The students this kit can train, by `StudentConfig.architecture`: how to build one and its loss terms.
 
 One entry per architecture is the whole interface a new student needs: the trainer, evaluation,
 checkpoints and the ablation grid look the architecture up here instead of branching on it.
@@ -6,32 +6,42 @@ checkpoints and the ablation grid look the architecture up here instead of branc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
-from pipeline.losses import grounding_loss, lgrnet_loss
+from pipeline.criterion import (
+    LGRNET_DIAGNOSTICS,
+    LGRNET_TERMS,
+    TRANSVG_TERMS,
+    Criterion,
+    Diagnostic,
+    LossTerm,
+)
+from pipeline.losses import LossConfig
 from pipeline.student.config import StudentConfig, student_preset
 from pipeline.student.lgrnet import LGRNet
 from pipeline.student.model import StudentBase, TransVG
-
-# (output, target_box, teacher_image, teacher_text, loss_config, teacher_grad) → named loss terms + "total"
-Objective = Callable[..., dict[str, Tensor]]
 
 
 @dataclass(frozen=True)
 class StudentArchitecture:
     name: str
     build: Callable[[StudentConfig, bool], StudentBase]  # (config, pretrained) → model
-    objective: Objective  # the training loss, with EpmVG's distillation terms when teachers are given
+    # The loss terms it trains with, name → term (`pipeline/criterion.py`), in summation order; the
+    # distillation terms apply when the run has teacher targets.
+    loss_terms: Mapping[str, LossTerm]
+    diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)
+
+    def criterion(self, config: LossConfig | None = None) -> Criterion:
+        """Its terms, weighted by `config.weight_dict()`."""
+        return Criterion(self.loss_terms, config, self.diagnostics)
 
 
 # Keys match config.ARCHITECTURES (a test checks it): a bad name then fails while parsing the config.
 STUDENTS: dict[str, StudentArchitecture] = {
-    "transvg": StudentArchitecture("transvg", TransVG, grounding_loss),
-    "lgrnet": StudentArchitecture("lgrnet", LGRNet, lgrnet_loss),
+    "transvg": StudentArchitecture("transvg", TransVG, TRANSVG_TERMS),
+    "lgrnet": StudentArchitecture("lgrnet", LGRNet, LGRNET_TERMS, LGRNET_DIAGNOSTICS),
 }
 
 

@@ -1,4 +1,4 @@
-"""Teacher targets for the trainer, read from a Phase-1 store into RAM once per process.
+"""A Phase-1 store's teacher targets, read into RAM once per process, and the lookup of a batch's rows.
 
 No per-sample Zarr reads happen during training: the tables are small next to the images
 (RefCOCOg with ViT-B-16: ~25k images x 2 x 512 fp16 = 50 MB) and each batch is a gather.
@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 import storage
-
-IMAGES, TEXTS, VIEWS, VIEW_PARAMS = "images", "texts", "views", "view_params"
+from pipeline.targets.schema import IMAGES, INDEX_FIELDS, TEXTS, VIEW_PARAMS, VIEW_ROW, VIEWS
 
 
 class TargetsMismatchError(ValueError):
@@ -31,7 +30,7 @@ class TeacherTargets:
     text_embeddings: torch.Tensor  # [N_txt, d]
     rows: dict[str, dict[str, torch.Tensor]]  # split -> image_row / text_row / text_swapped_row (/ view_row)
     fingerprint: dict[str, Any]
-    # Exact-view stores (`cache build --views K`, see pipeline/views.py): [DIE] of K drawn views per record.
+    # Exact-view stores (`cache build --views K`, pipeline/targets/replay.py): [DIE] of K views per record.
     view_embeddings: torch.Tensor | None = None  # [N_rec, K, d]
     view_params: np.ndarray | None = None  # [N_rec, K, 13] int64: each view's augmentation choices
 
@@ -47,11 +46,11 @@ class TeacherTargets:
         embedding), left/right-swapped text."""
         rows = self.rows[split]
         if view is not None:
-            if self.view_embeddings is None or "view_row" not in rows:
+            if self.view_embeddings is None or VIEW_ROW not in rows:
                 raise TargetsMismatchError(
                     f"the batch replays stored views but the store has none for {split}"
                 )
-            image_row = rows["view_row"][index]
+            image_row = rows[VIEW_ROW][index]
         else:
             image_row = rows["image_row"][index]
         text_row = torch.where(text_swapped, rows["text_swapped_row"][index], rows["text_row"][index])
@@ -115,12 +114,12 @@ def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, A
         )
     rows = {}
     for split in splits:
-        names = [f"{split}/{field}" for field in ("image_row", "text_row", "text_swapped_row")]
+        names = [f"{split}/{field}" for field in INDEX_FIELDS]
         missing = [name for name in names if name not in store.index_names()]
         if missing:
             raise TargetsMismatchError(f"{path} has no index for split {split!r}")
-        if f"{split}/view_row" in store.index_names():
-            names.append(f"{split}/view_row")
+        if f"{split}/{VIEW_ROW}" in store.index_names():
+            names.append(f"{split}/{VIEW_ROW}")
         rows[split] = {
             name.split("/", 1)[1]: torch.from_numpy(store.load_index(name).astype(np.int64)) for name in names
         }
