@@ -25,6 +25,7 @@ from pipeline.data.errors import (
     DataProblemsError,
     ImagePathOutsideRootError,
     MissingImagesError,
+    MissingSupervisionError,
     SplitFormatError,
     SplitNotFoundError,
     UnknownDatasetError,
@@ -34,6 +35,7 @@ from pipeline.data.inspect import default_tokenizer, inspect_dataset
 from pipeline.data.safe_pickle import load_pickle, write_split_file
 from pipeline.data.sample import Sample, image_subset
 from pipeline.data.shapes import ShapesConfig, make_shapes
+from pipeline.data.supervision import Needs, Supervision, check_supervision
 from pipeline.data.text import has_spatial_word, normalize_expression, swap_left_right
 from pipeline.data.torch_dataset import (
     GroundingCollate,
@@ -62,10 +64,13 @@ __all__ = [
     "GroundingCollate",
     "GroundingDataset",
     "MissingImagesError",
+    "MissingSupervisionError",
+    "Needs",
     "Sample",
     "ShapesConfig",
     "SplitFormatError",
     "SplitNotFoundError",
+    "Supervision",
     "Tokenize",
     "TrainTransform",
     "Transform",
@@ -75,6 +80,7 @@ __all__ = [
     "UnsafePickleError",
     "ValidationReport",
     "available_splits",
+    "check_supervision",
     "dataset_fingerprint",
     "collate_grounding",
     "dataset_files",
