@@ -43,6 +43,7 @@ from pipeline.data.torch_dataset import (
     Tokenize,
     collate_grounding,
     open_rgb,
+    stack_optional,
 )
 from pipeline.data.transforms import (
     EvalTransform,
@@ -98,6 +99,7 @@ __all__ = [
     "normalize_expression",
     "open_rgb",
     "select_samples",
+    "stack_optional",
     "swap_left_right",
     "validate_samples",
     "write_split_file",
