@@ -25,6 +25,7 @@ from pipeline.data.errors import (
     DataProblemsError,
     ImagePathOutsideRootError,
     MissingImagesError,
+    MissingSupervisionError,
     SplitFormatError,
     SplitNotFoundError,
     UnknownDatasetError,
@@ -34,6 +35,7 @@ from pipeline.data.inspect import default_tokenizer, inspect_dataset
 from pipeline.data.safe_pickle import load_pickle, write_split_file
 from pipeline.data.sample import Sample, image_subset
 from pipeline.data.shapes import ShapesConfig, make_shapes
+from pipeline.data.supervision import Needs, Supervision, check_supervision
 from pipeline.data.text import has_spatial_word, normalize_expression, swap_left_right
 from pipeline.data.torch_dataset import (
     GroundingCollate,
@@ -41,6 +43,7 @@ from pipeline.data.torch_dataset import (
     Tokenize,
     collate_grounding,
     open_rgb,
+    stack_optional,
 )
 from pipeline.data.transforms import (
     EvalTransform,
@@ -62,10 +65,13 @@ __all__ = [
     "GroundingCollate",
     "GroundingDataset",
     "MissingImagesError",
+    "MissingSupervisionError",
+    "Needs",
     "Sample",
     "ShapesConfig",
     "SplitFormatError",
     "SplitNotFoundError",
+    "Supervision",
     "Tokenize",
     "TrainTransform",
     "Transform",
@@ -75,6 +81,7 @@ __all__ = [
     "UnsafePickleError",
     "ValidationReport",
     "available_splits",
+    "check_supervision",
     "dataset_fingerprint",
     "collate_grounding",
     "dataset_files",
@@ -92,6 +99,7 @@ __all__ = [
     "normalize_expression",
     "open_rgb",
     "select_samples",
+    "stack_optional",
     "swap_left_right",
     "validate_samples",
     "write_split_file",

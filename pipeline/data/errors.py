@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pickle
 
+from pipeline.errors import ExpectedError
+
 
 class DataError(Exception):
     """Base class: an expected problem with the user's data or arguments, not a bug."""
@@ -38,3 +40,7 @@ class DataProblemsError(DataError, ValueError):
 
 class MissingImagesError(DataProblemsError, FileNotFoundError):
     """Samples whose image file does not exist."""
+
+
+class MissingSupervisionError(DataProblemsError, ExpectedError):
+    """Records that lack what a training mode needs (a box, for fully supervised training)."""

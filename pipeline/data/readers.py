@@ -5,6 +5,10 @@
 - a custom JSON-lines file.
 
 Every format error names the file and the record index (or line number).
+
+A record may carry no box (an image-text pair, for weak supervision): a ReSC record whose box slot is
+None, a refer ref whose `ann_id` is None, a JSONL line without "box" or with `"box": null`. Such a
+record becomes a `Sample` with `box_xyxy=None`; a box that is there but malformed is still an error.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ BoxXYXY = tuple[float, float, float, float]
 
 _RESC_LAYOUTS = (
     "(image_file, '<id>.pth', box, expression, attributes), (image_file, '<id>.pth', box, expression) "
-    "or (image_file, box, expression)"
+    "or (image_file, box, expression); box None for an image-text pair"
 )
 
 
@@ -39,7 +43,7 @@ class ParsedRecord:
 
     image_file: str
     source_id: str | None
-    box_xyxy: BoxXYXY
+    box_xyxy: BoxXYXY | None  # None: an image-text pair without a box
     expression: str
 
 
@@ -58,9 +62,9 @@ def _as_box(value: Any) -> tuple[float, float, float, float] | None:
     return x1, y1, x2, y2
 
 
-def to_xyxy(box: tuple[float, float, float, float], box_format: BoxFormat) -> BoxXYXY:
-    """Convert a box given in `box_format` to pixel x1 y1 x2 y2."""
-    if box_format == "xyxy":
+def to_xyxy(box: tuple[float, float, float, float] | None, box_format: BoxFormat) -> BoxXYXY | None:
+    """Convert a box given in `box_format` to pixel x1 y1 x2 y2 (None stays None: no box)."""
+    if box is None or box_format == "xyxy":
         return box
     x, y, width, height = box
     return (x, y, x + width, y + height)
@@ -80,8 +84,9 @@ def parse_resc_record(record: Any, box_format: BoxFormat, where: str) -> ParsedR
         (image_file, raw_box, expression), source_id = record[:3], None
     else:
         raise SplitFormatError(f"{where}: unknown record layout; expected {_RESC_LAYOUTS}")
-    box = _as_box(raw_box)
-    if not isinstance(image_file, str) or box is None or not isinstance(expression, str):
+    box = None if raw_box is None else _as_box(raw_box)
+    malformed_box = raw_box is not None and box is None
+    if not isinstance(image_file, str) or malformed_box or not isinstance(expression, str):
         raise SplitFormatError(
             f"{where}: unknown record layout (image {type(image_file).__name__}, box {raw_box!r}, "
             f"expression {type(expression).__name__}); expected {_RESC_LAYOUTS}"
@@ -194,7 +199,8 @@ def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_di
     """Samples of `split` from the refer toolkit's files: one sample per sentence of each ref.
 
     The box is the COCO annotation's (xywh → xyxy); the image file name comes from COCO's image
-    table (refs' own `file_name` carries an annotation suffix).
+    table (refs' own `file_name` carries an annotation suffix). A ref whose `ann_id` is None is an
+    image-text pair: its samples have no box, and their id is "ref<ref_id>" (else "ref<position>").
     """
     refs = load_pickle(refs_path)
     if not isinstance(refs, list):
@@ -211,24 +217,28 @@ def read_refer_split(refs_path: Path, instances_path: Path, split: str, image_di
         if ref["split"] != split:
             continue
         try:
-            annotation = coco.anns[ref["ann_id"]]
+            boxed = ref["ann_id"] is not None
+            annotation = coco.anns[ref["ann_id"]] if boxed else None
             image_file = coco.imgs[ref["image_id"]]["file_name"]
             sentences = ref["sentences"]
         except KeyError as exc:
             raise SplitFormatError(f"{where}: {exc} not found (in the ref or in {instances_path})") from exc
-        box = _as_box(annotation.get("bbox"))
-        if box is None:
-            raise SplitFormatError(f"{where}: annotation {ref['ann_id']} has no valid bbox")
+        box_xyxy, sample_id = None, f"ref{ref.get('ref_id', ref_position)}"
+        if annotation is not None:
+            box = _as_box(annotation.get("bbox"))
+            if box is None:
+                raise SplitFormatError(f"{where}: annotation {ref['ann_id']} has no valid bbox")
+            box_xyxy, sample_id = to_xyxy(box, "xywh"), str(ref["ann_id"])
         key, image_path = image_paths.get(image_file, where)
         for sentence in sentences:
             samples.append(
                 Sample(
                     image_path=image_path,
                     image_key=key,
-                    box_xyxy=to_xyxy(box, "xywh"),
+                    box_xyxy=box_xyxy,
                     text=_sentence_text(sentence, where),
                     split=split,
-                    sample_id=str(ref["ann_id"]),
+                    sample_id=sample_id,
                     index=len(samples),
                 )
             )
@@ -242,7 +252,7 @@ class JsonlRecord:
 
     line_number: int
     image: str
-    box_xyxy: BoxXYXY
+    box_xyxy: BoxXYXY | None  # None: no "box" or "box": null, an image-text pair
     expression: str
     split: str
     sample_id: str | None
@@ -258,12 +268,15 @@ def _parse_jsonl_line(line: str, path: Path, line_number: int) -> JsonlRecord | 
         raise SplitFormatError(f"{where}: not valid JSON ({exc.msg})") from exc
     if not isinstance(entry, dict):
         raise SplitFormatError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    missing = [field for field in ("image", "box", "expression", "split") if field not in entry]
+    missing = [field for field in ("image", "expression", "split") if field not in entry]
     if missing:
         raise SplitFormatError(f"{where}: missing field(s) {', '.join(missing)}")
-    box = _as_box(entry["box"])
-    if box is None:
-        raise SplitFormatError(f"{where}: 'box' must be [x1, y1, x2, y2] numbers, got {entry['box']!r}")
+    raw_box = entry.get("box")  # absent or null: an image-text pair without a box
+    box = None if raw_box is None else _as_box(raw_box)
+    if raw_box is not None and box is None:
+        raise SplitFormatError(
+            f"{where}: 'box' must be [x1, y1, x2, y2] numbers (or null for no box), got {raw_box!r}"
+        )
     for field in ("image", "expression", "split"):
         if not isinstance(entry[field], str):
             raise SplitFormatError(f"{where}: '{field}' must be a string, got {entry[field]!r}")

@@ -10,19 +10,26 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Sample:
-    """One referring expression and the box it refers to.
+    """One referring expression and the box it refers to, or an image-text pair with no box.
 
     `index` is the record's position in its split file, so a sample can be matched to rows of the
-    teacher cache even after samples with missing images were dropped.
+    teacher cache even after samples with missing images were dropped. `box_xyxy` is None for a
+    box-less pair (weak supervision: a JSONL line without "box", a split record whose box is None);
+    what a training mode needs is checked by `pipeline.data.supervision.check_supervision`.
     """
 
     image_path: Path
     image_key: str  # path relative to the dataset's image directory; the cache's image key
-    box_xyxy: tuple[float, float, float, float]  # pixels, x1 y1 x2 y2
+    box_xyxy: tuple[float, float, float, float] | None  # pixels, x1 y1 x2 y2; None: no box
     text: str
     split: str
     sample_id: str  # the source's own id (COCO ann id, ReferIt "<img>_<n>", ...), else the index
     index: int
+
+    @property
+    def has_box(self) -> bool:
+        """True when the record carries a box."""
+        return self.box_xyxy is not None
 
 
 def image_subset(samples: list[Sample], fraction: float, seed: int = 0) -> list[Sample]:

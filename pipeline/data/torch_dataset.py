@@ -1,4 +1,11 @@
-"""A `torch.utils.data.Dataset` over samples, and the collate function that tokenizes a batch."""
+"""A `torch.utils.data.Dataset` over samples, and the collate function that tokenizes a batch.
+
+Boxes are optional (image-text pairs for weak supervision): an item of a box-less sample has
+`"box"` and `"box_xyxy"` None. A batch always has `"has_box"` (bool [B]); where no item has a box,
+`"box"` and `"box_xyxy"` are None; in a mixed batch they are tensors with zeros in the rows whose
+`has_box` is False, rows that a box loss must leave out (mask or select them by `has_box`). A batch
+whose items all have boxes holds the same tensors as before boxes became optional, plus `has_box`.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +72,7 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
             out = self.transform(image, sample.box_xyxy, sample.text, rng)
+        box_xyxy = None if sample.box_xyxy is None else torch.tensor(sample.box_xyxy, dtype=torch.float32)
         item = {
             "pixels": out.pixels,
             "pixel_mask": out.pixel_mask,
@@ -73,7 +81,7 @@ class GroundingDataset(Dataset[dict[str, Any]]):
             "flipped": out.flipped,
             "text_swapped": out.text_swapped,
             "index": sample.index,
-            "box_xyxy": torch.tensor(sample.box_xyxy, dtype=torch.float32),
+            "box_xyxy": box_xyxy,
             "image_size": image.size,
         }
         if view is not None:
@@ -81,11 +89,24 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         return item
 
 
+def stack_optional(values: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """The tensors stacked, zeros standing in for the Nones (see the module docstring); None when all
+    are None."""
+    present = [value for value in values if value is not None]
+    if not present:
+        return None
+    if len(present) == len(values):
+        return torch.stack(list(present))
+    zeros = torch.zeros_like(present[0])
+    return torch.stack([zeros if value is None else value for value in values])
+
+
 def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> dict[str, Any]:
     """Stack a list of `GroundingDataset` items and tokenize their texts.
 
     `tokenize(texts)` must return (token_ids LongTensor [B, L], token_mask BoolTensor [B, L]); the
-    mask's meaning is the tokenizer's to define and is passed through unchanged.
+    mask's meaning is the tokenizer's to define and is passed through unchanged. `"has_box"` says
+    which items have a box; `"box"`/`"box_xyxy"` are None when none has (see the module docstring).
     """
     texts = [item["text"] for item in batch]
     token_ids, token_mask = tokenize(texts)
@@ -97,8 +118,9 @@ def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> di
     collated = {
         "pixels": torch.stack([item["pixels"] for item in batch]),
         "pixel_mask": torch.stack([item["pixel_mask"] for item in batch]),
-        "box": torch.stack([item["box"] for item in batch]),
-        "box_xyxy": torch.stack([item["box_xyxy"] for item in batch]),
+        "box": stack_optional([item["box"] for item in batch]),
+        "box_xyxy": stack_optional([item["box_xyxy"] for item in batch]),
+        "has_box": torch.tensor([item["box"] is not None for item in batch], dtype=torch.bool),
         "image_size": torch.tensor([item["image_size"] for item in batch], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
         "flipped": torch.tensor([item["flipped"] for item in batch], dtype=torch.bool),

@@ -11,6 +11,12 @@ the box's x with the crop's row and then clamps the box); left/right are swapped
 the box is scaled per axis by the exact resized size; padding goes bottom/right by default
 (`pad_position="center"` gives TransVG's centred padding). All randomness comes from the `rng`
 argument, so a sample is reproducible from (seed, epoch, index).
+
+A record without a box (an image-text pair, `box_xyxy=None`) goes through the same steps and gets
+`box_cxcywh=None`. Its crop branch is taken on the same coin, but the window is any window of an
+allowed size inside the (resized) image: there is no box to keep, so the crop may cut the referent
+out, as any box-agnostic crop would (`crop_prob=0` turns cropping off). Expressions with a spatial
+word are still never cropped. Boxed records draw and compute exactly what they did before.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ class TransformedSample:
 
     pixels: torch.Tensor  # float32 [3, S, S], normalized; padding is 0 (the mean colour)
     pixel_mask: torch.Tensor  # bool [S, S], True = padding
-    box_cxcywh: torch.Tensor  # float32 [4], centre x/y, width, height divided by S
+    box_cxcywh: torch.Tensor | None  # float32 [4], centre x/y, width, height divided by S; None: no box
     text: str  # left/right swapped when flipped
     flipped: bool
     text_swapped: bool  # True only when the flip changed the text
@@ -101,19 +107,25 @@ class Transform(Protocol):
     """What `GroundingDataset` calls on each sample."""
 
     def __call__(
-        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator
+        self, image: Image.Image, box_xyxy: Sequence[float] | None, text: str, rng: np.random.Generator
     ) -> TransformedSample: ...
 
 
-def _clipped_box(box_xyxy: Sequence[float] | np.ndarray, image: Image.Image) -> np.ndarray:
-    """The box clipped to the image, so that it never claims pixels that do not exist."""
+def _clipped_box(box_xyxy: Sequence[float] | np.ndarray | None, image: Image.Image) -> np.ndarray | None:
+    """The box clipped to the image, so that it never claims pixels that do not exist; None: no box."""
+    if box_xyxy is None:
+        return None
     width, height = image.size
     return np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
 
 
-def _resize(image: Image.Image, box: np.ndarray, width: int, height: int) -> tuple[Image.Image, np.ndarray]:
+def _resize(
+    image: Image.Image, box: np.ndarray | None, width: int, height: int
+) -> tuple[Image.Image, np.ndarray | None]:
     scale = np.array([width / image.width, height / image.height] * 2)
     resized = F.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if box is None:
+        return resized, None
     # Clip away float error (600.0000001 on a 600 px image), which would break the crop's bounds.
     return resized, _clipped_box(box * scale, resized)
 
@@ -123,7 +135,9 @@ def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
-def resize_long_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
+def resize_long_side(
+    image: Image.Image, box: np.ndarray | None, size: int
+) -> tuple[Image.Image, np.ndarray | None]:
     """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
     return _resize(image, box, *long_side_size(image.width, image.height, size))
 
@@ -133,17 +147,26 @@ def _short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
-def resize_short_side(image: Image.Image, box: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
+def resize_short_side(
+    image: Image.Image, box: np.ndarray | None, size: int
+) -> tuple[Image.Image, np.ndarray | None]:
     """Resize so that the shorter side is `size`, keeping the aspect ratio; the box follows."""
     return _resize(image, box, *_short_side_size(image.width, image.height, size))
 
 
 def crop_window(
-    width: int, height: int, box: np.ndarray, size_range: tuple[int, int], rng: np.random.Generator
+    width: int, height: int, box: np.ndarray | None, size_range: tuple[int, int], rng: np.random.Generator
 ) -> tuple[int, int, int, int] | None:
     """(top, left, height, width) of a random crop of random size in `size_range` holding the whole box,
-    drawn from the image's size alone; None when no allowed crop size can hold the box."""
-    x1, y1, x2, y2 = box
+    drawn from the image's size alone; None when no allowed crop size can hold the box.
+
+    With `box=None` (an image-text pair) any window of an allowed size inside the image, drawn in the
+    same order (width, height, left, top); None when the image is smaller than the smallest size."""
+    if box is None:
+        # An empty "box" at the far corner imposes no constraint: left in [0, width - crop_width].
+        x1, y1, x2, y2 = width, height, 0, 0
+    else:
+        x1, y1, x2, y2 = box
     # Integer crop edges must enclose the fractional box: left <= floor(x1), right >= ceil(x2).
     min_width = max(size_range[0], math.ceil(x2) - math.floor(x1))
     min_height = max(size_range[0], math.ceil(y2) - math.floor(y1))
@@ -166,15 +189,16 @@ def crop_window(
 
 
 def apply_crop(
-    image: Image.Image, box: np.ndarray, window: tuple[int, int, int, int]
-) -> tuple[Image.Image, np.ndarray]:
+    image: Image.Image, box: np.ndarray | None, window: tuple[int, int, int, int]
+) -> tuple[Image.Image, np.ndarray | None]:
     top, left, height, width = window
-    return F.crop(image, top, left, height, width), box - np.array([left, top, left, top])
+    cropped = F.crop(image, top, left, height, width)
+    return cropped, None if box is None else box - np.array([left, top, left, top])
 
 
 def random_crop_keeping_box(
-    image: Image.Image, box: np.ndarray, size_range: tuple[int, int], rng: np.random.Generator
-) -> tuple[Image.Image, np.ndarray]:
+    image: Image.Image, box: np.ndarray | None, size_range: tuple[int, int], rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray | None]:
     """Crop a random region of random size in `size_range` that contains the whole box.
 
     Returns the input unchanged when no allowed crop size can hold the box (TransVG gives up too).
@@ -214,8 +238,10 @@ def color_jitter(
     return apply_jitter(image, *draw_jitter(strength, rng, prob))
 
 
-def hflip(image: Image.Image, box: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+def hflip(image: Image.Image, box: np.ndarray | None) -> tuple[Image.Image, np.ndarray | None]:
     """Mirror an image and its box left to right."""
+    if box is None:
+        return F.horizontal_flip(image), None
     x1, y1, x2, y2 = box
     return F.horizontal_flip(image), np.array([image.width - x2, y1, image.width - x1, y2])
 
@@ -230,9 +256,13 @@ def pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, 
 
 
 def normalize_and_pad(
-    pixels: torch.Tensor, box: np.ndarray, config: TransformConfig, offsets: tuple[int, int] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh.
+    pixels: torch.Tensor,
+    box: np.ndarray | None,
+    config: TransformConfig,
+    offsets: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh
+    (None when there is no box).
 
     `offsets`: (top, left) of the image in the square; default `config.pad_position`'s.
     """
@@ -248,7 +278,7 @@ def normalize_and_pad(
     padded[:, top : top + height, left : left + width] = normalized
     mask = torch.ones((size, size), dtype=torch.bool)
     mask[top : top + height, left : left + width] = False
-    return padded, mask, _padded_cxcywh(box, top, left, size)
+    return padded, mask, None if box is None else _padded_cxcywh(box, top, left, size)
 
 
 def student_view_image(
@@ -323,21 +353,26 @@ class AugmentParams:
 
 def draw_augment_params(
     image_size: tuple[int, int],
-    box_xyxy: Sequence[float],
+    box_xyxy: Sequence[float] | None,
     text: str,
     config: TransformConfig,
     rng: np.random.Generator,
 ) -> AugmentParams:
-    """`TrainTransform`'s draws, in its order, from the image's (width, height) alone."""
+    """`TrainTransform`'s draws, in its order, from the image's (width, height) alone (and the box,
+    which the crop keeps; `box_xyxy=None`: a crop window free of it, see the module docstring)."""
     width, height = image_size
-    box = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
+    box = None
+    if box_xyxy is not None:
+        box = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
     short, window = 0, None
     # A crop can change what "left" or "the middle one" refers to, so TransVG never crops those.
     if rng.random() < config.crop_prob and not has_spatial_word(text):
         short = int(rng.choice(config.crop_short_sides))
         new_width, new_height = _short_side_size(width, height, short)
-        scale = np.array([new_width / width, new_height / height] * 2)
-        resized = np.clip(box * scale, 0.0, [new_width, new_height, new_width, new_height])
+        resized = None
+        if box is not None:
+            scale = np.array([new_width / width, new_height / height] * 2)
+            resized = np.clip(box * scale, 0.0, [new_width, new_height, new_width, new_height])
         window = crop_window(new_width, new_height, resized, config.crop_size_range, rng)
     longest = int(rng.choice(config.scales))
     factors, order = draw_jitter(config.color_jitter, rng, config.jitter_prob)
@@ -357,9 +392,13 @@ def draw_augment_params(
 
 
 def apply_augment_params(
-    image: Image.Image, box_xyxy: Sequence[float], text: str, params: AugmentParams, config: TransformConfig
+    image: Image.Image,
+    box_xyxy: Sequence[float] | None,
+    text: str,
+    params: AugmentParams,
+    config: TransformConfig,
 ) -> TransformedSample:
-    """The train transform with every random choice taken from `params`."""
+    """The train transform with every random choice taken from `params` (`box_xyxy=None`: no box)."""
     image = _as_rgb(image)
     box = _clipped_box(box_xyxy, image)
     if params.crop_short_side:
@@ -385,7 +424,7 @@ class TrainTransform:
         self.config = config or TransformConfig()
 
     def __call__(
-        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator
+        self, image: Image.Image, box_xyxy: Sequence[float] | None, text: str, rng: np.random.Generator
     ) -> TransformedSample:
         params = draw_augment_params(image.size, box_xyxy, text, self.config, rng)
         return apply_augment_params(image, box_xyxy, text, params, self.config)
@@ -398,16 +437,22 @@ class EvalTransform:
         self.config = config or TransformConfig()
 
     def __call__(
-        self, image: Image.Image, box_xyxy: Sequence[float], text: str, rng: np.random.Generator | None = None
+        self,
+        image: Image.Image,
+        box_xyxy: Sequence[float] | None,
+        text: str,
+        rng: np.random.Generator | None = None,
     ) -> TransformedSample:
         image = _as_rgb(image)
         image, box = resize_long_side(image, _clipped_box(box_xyxy, image), self.config.image_size)
         padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, self.config)
         return TransformedSample(padded, mask, box_cxcywh, text, flipped=False, text_swapped=False)
 
-    def box(self, box_xyxy: Sequence[float], image_size: tuple[int, int]) -> torch.Tensor:
+    def box(self, box_xyxy: Sequence[float] | None, image_size: tuple[int, int]) -> torch.Tensor | None:
         """The normalized cxcywh box `__call__` gives for an image of `image_size` (width, height),
-        computed without its pixels: several records of one image need one decode."""
+        computed without its pixels: several records of one image need one decode. None: no box."""
+        if box_xyxy is None:
+            return None
         width, height = image_size
         new_width, new_height = long_side_size(width, height, self.config.image_size)
         clipped = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])

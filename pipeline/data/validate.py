@@ -4,6 +4,9 @@
 check) and counts problems by kind. `select_samples` then either refuses (the default: silently
 training on a fraction of the data is worse than an error) or, with `skip_missing`, drops what cannot
 be used and records the drop counts in the report so that callers can print them.
+
+A record without a box (an image-text pair) is not a problem here: its box checks are skipped.
+Whether a training mode may use it is `supervision.check_supervision`'s question.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ def _check_sample(report: ValidationReport, sample: Sample, missing: set[Path]) 
         )
     size = report.image_sizes.get(sample.image_path)
     box = sample.box_xyxy
+    if box is None:  # an image-text pair: nothing to check
+        return
     if size is not None and clip_box(box, size) != box:
         report.record_problem(
             sample,
@@ -212,7 +217,7 @@ def select_samples(
             report.dropped.update(kind for kind in kinds if kind in DROPPED_KINDS)
             report.dropped_samples += 1
             continue
-        if BOX_OUTSIDE_IMAGE in kinds:
+        if BOX_OUTSIDE_IMAGE in kinds and sample.box_xyxy is not None:
             sample = dataclasses.replace(
                 sample, box_xyxy=clip_box(sample.box_xyxy, report.image_sizes[sample.image_path])
             )
