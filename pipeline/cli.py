@@ -264,8 +264,8 @@ def train(
     out: Path = typer.Option(Path("runs/default"), help="run folder: checkpoints, metrics, plots"),
     cache: Path | None = typer.Option(
         None,
-        help="Phase-1 store with the teacher targets [default: the one under CACHE_ROOT/<dataset> "
-        "built for these data]",
+        help="Phase-1 store with the teacher targets (default: the one complete store under "
+        "CACHE_ROOT/<dataset> built for these data)",
     ),
     cache_root: Path = CACHE_ROOT,
     distill: str = typer.Option("cached", help="none | cached | online"),
@@ -520,8 +520,8 @@ def ablations(
     out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
     cache: Path | None = typer.Option(
         None,
-        help="the Phase-1 store all variants share [default: the one under CACHE_ROOT/<dataset> built "
-        "for these data]",
+        help="the Phase-1 store all variants share (default: the one complete store under "
+        "CACHE_ROOT/<dataset> built for these data)",
     ),
     cache_root: Path = CACHE_ROOT,
     student: str | None = typer.Option(
@@ -535,8 +535,8 @@ def ablations(
     """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
     with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
 
-    The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
-    STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
+    The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET [--cache
+    STORE] --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
     Without --cache the store is the one under CACHE_ROOT/<dataset> built for these data; on shapes
     only, when none is, a demo store of a RANDOM-weight tiny teacher is built in OUT/cache.
     """
