@@ -35,7 +35,8 @@ cache: $(STAMP)
 	$(BIN)/python cache_clip.py $(DATASET) --data-root $(DATA_ROOT) $(CACHE_ARGS)
 
 train: $(STAMP)
-	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) $(TRAIN_ARGS)
+	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) $(if $(CACHE),--cache $(CACHE),) \
+		$(TRAIN_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/epmvg demo --out $(or $(OUT),demo) $(if $(QUICK),--quick,)
@@ -46,11 +47,14 @@ experiment: $(STAMP)
 	$(BIN)/epmvg experiment $(or $(STUDY),distillation) --out $(or $(OUT),experiment/$(or $(STUDY),distillation)) \
 		$(if $(QUICK),--quick,)
 
-# With a CACHE (and no QUICK) the grid is `train --ablations`: every training option via TRAIN_ARGS.
+# Without CACHE, train and ablations use the one store under cache/$(DATASET) that `make cache` built for
+# these data (pipeline/store_lookup.py), or stop with one line listing what they found.
+# The grid is `train --ablations` (every training option via TRAIN_ARGS), except with QUICK, or on shapes
+# without a CACHE: `epmvg ablations`, which on shapes builds a random-teacher demo store when none fits.
 ablations: $(STAMP)
-ifneq ($(and $(CACHE),$(if $(QUICK),,full)),)
-	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) --cache $(CACHE) --ablations \
-		--out $(or $(OUT),ablations/$(DATASET)) $(TRAIN_ARGS)
+ifeq ($(or $(QUICK),$(filter shapes|,$(DATASET)|$(CACHE))),)
+	$(BIN)/python train_student.py $(DATASET) --data-root $(DATA_ROOT) $(if $(CACHE),--cache $(CACHE),) \
+		--ablations --out $(or $(OUT),ablations/$(DATASET)) $(TRAIN_ARGS)
 else
 	$(BIN)/epmvg ablations $(DATASET) --data-root $(DATA_ROOT) --out $(or $(OUT),ablations/$(DATASET)) \
 		$(if $(CACHE),--cache $(CACHE),) $(if $(QUICK),--quick,)

@@ -45,6 +45,9 @@ DEVICE = typer.Option(AUTO_DEVICE, help="auto (CUDA when a GPU is visible, else 
 
 
 DATA_ROOT = typer.Option(Path("../shared/data"), "--data-root", help="folder with splits/ and images/")
+CACHE_ROOT = typer.Option(
+    Path("cache"), "--cache-root", help="without --cache: look for the store in CACHE_ROOT/<dataset>"
+)
 
 
 def _setup_logging() -> None:
@@ -259,7 +262,12 @@ def train(
     dataset: str = typer.Argument(..., help="dataset name (see `epmvg data inspect`) or a .jsonl file"),
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(Path("runs/default"), help="run folder: checkpoints, metrics, plots"),
-    cache: Path | None = typer.Option(None, help="Phase-1 store with the teacher targets"),
+    cache: Path | None = typer.Option(
+        None,
+        help="Phase-1 store with the teacher targets (default: the one complete store under "
+        "CACHE_ROOT/<dataset> built for these data)",
+    ),
+    cache_root: Path = CACHE_ROOT,
     distill: str = typer.Option("cached", help="none | cached | online"),
     student: str = typer.Option("transvg-r50", help="student preset: transvg-r50, small, shapes, tiny"),
     image_size: int | None = typer.Option(None, help="override the preset's input size"),
@@ -342,6 +350,8 @@ def train(
         overrides["image_size"] = image_size
     if detr_weights is not None:
         overrides["visual_init"] = str(detr_weights)
+    if distill == "cached" and cache is None:
+        cache = _found_store(dataset, data_root, cache_root)
     loss = LossConfig(
         giou_weight=giou_weight,
         image_weight=image_weight,
@@ -508,7 +518,12 @@ def ablations(
     dataset: str = typer.Argument("shapes"),
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(Path("ablations"), help="results.md, results.csv and one run per variant"),
-    cache: Path | None = typer.Option(None, help="the Phase-1 store all variants share"),
+    cache: Path | None = typer.Option(
+        None,
+        help="the Phase-1 store all variants share (default: the one complete store under "
+        "CACHE_ROOT/<dataset> built for these data)",
+    ),
+    cache_root: Path = CACHE_ROOT,
     student: str | None = typer.Option(
         None, help="preset; its architecture picks the grid (default transvg-r50, tiny with --quick)"
     ),
@@ -520,25 +535,31 @@ def ablations(
     """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
     with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
 
-    The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET --cache
-    STORE --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
+    The shortcut for the shapes data and QUICK runs; on a real dataset, `epmvg train DATASET [--cache
+    STORE] --ablations ...` runs the same grid with every training option (DETR weights, schedule, DDP).
+    Without --cache the store is the one under CACHE_ROOT/<dataset> built for these data; on shapes
+    only, when none is, a demo store of a RANDOM-weight tiny teacher is built in OUT/cache.
     """
     from pipeline.cache_job import CacheJobConfig, build_cache
     from pipeline.demo import demo_teacher, ensure_shapes, quick_ablation_base
     from pipeline.engine.ablations import run_ablations
     from pipeline.engine.config import TrainConfig
+    from pipeline.store_lookup import NoMatchingStoreError
 
     _setup_logging()
     device = resolve_device(device)
     if dataset == "shapes" and not (data_root / "splits" / "shapes").is_dir():
         data_root = ensure_shapes(out / "data", images=60 if quick else 600, seed=0)
-    if cache is None:
+    try:
+        cache = cache or _found_store(dataset, data_root, cache_root)
+    except NoMatchingStoreError:
         if dataset != "shapes":
-            typer.secho(
-                "error: pass --cache STORE (build it with `make cache DATASET=...`)", fg="red", err=True
-            )
-            raise typer.Exit(2)
-        typer.secho("note: building a cache with a RANDOM-weight tiny teacher (demo only)", fg="yellow")
+            raise
+        typer.secho(
+            f"note: no store under {cache_root / dataset} is built for these shapes data: building one with "
+            "a RANDOM-weight tiny teacher (demo only; `make cache DATASET=shapes` for a real one)",
+            fg="yellow",
+        )
         cache = build_cache(
             CacheJobConfig(
                 dataset=dataset,
@@ -563,6 +584,16 @@ def ablations(
             device=device,
         )
     typer.echo(f"results: {run_ablations(base)}")
+
+
+def _found_store(dataset: str, data_root: Path, cache_root: Path) -> Path:
+    """The store `train`/`ablations` use without --cache (`pipeline/store_lookup.py`); says which."""
+    from pipeline.store_lookup import find_store
+
+    store = find_store(dataset, data_root, cache_root)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
+        typer.echo(f"cache: {store} (the one store under {cache_root / dataset} built for these data)")
+    return store
 
 
 def _warn_if_random(extra: dict) -> None:
