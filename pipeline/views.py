@@ -85,7 +85,9 @@ def plan_views(dataset: str, data_root: Path, image_row: np.ndarray, spec: ViewS
         ]
         view_row[sample.index] = len(keys)
         keys.append(str(sample.index))
-        items.append(json.dumps([str(sample.image_path), list(sample.box_xyxy), sample.text, rows]))
+        items.append(
+            json.dumps([str(sample.image_path), sample.box_xyxy and list(sample.box_xyxy), sample.text, rows])
+        )
         params.append(rows)
     shape = (len(keys), spec.count, AugmentParams.ROW_LENGTH)
     array = np.asarray(params, dtype=np.int64).reshape(shape)

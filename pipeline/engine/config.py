@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.config_fields import parse_assignments, split_assignment
 from pipeline.losses import LossConfig
+from pipeline.student.config import StudentConfig
 
 DISTILL_MODES = ("none", "cached", "online")
 # Exact-view stores: distil toward each replayed view's own embedding, or (today's cache, for the
@@ -114,3 +117,37 @@ class TrainConfig:
                 values[key] = Path(values[key])
         values["eval_splits"] = tuple(values.get("eval_splits", ()))
         return cls(**values)
+
+
+# `--set SECTION.FIELD=VALUE`: any field of the run's configs from the command line, checked (name
+# and type) before any work starts. "train" is TrainConfig's own fields, "loss" LossConfig's, and
+# "student" the StudentConfig fields laid over the preset (what `--student-set` sets).
+SETTING_SECTIONS: dict[str, type] = {"train": TrainConfig, "loss": LossConfig, "student": StudentConfig}
+
+
+def parse_settings(assignments: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`["loss.align_weight=0.5", "train.warmup_epochs=1"]` → typed values per section."""
+    grouped: dict[str, list[str]] = {section: [] for section in SETTING_SECTIONS}
+    for assignment in assignments:
+        key, value = split_assignment(assignment)
+        section, dot, name = key.partition(".")
+        if not dot or section not in SETTING_SECTIONS:
+            raise ValueError(
+                f"--set {assignment!r}: expected SECTION.FIELD=VALUE with SECTION one of "
+                f"{sorted(SETTING_SECTIONS)}"
+            )
+        grouped[section].append(f"{name}={value}")
+    return {
+        section: parse_assignments(
+            SETTING_SECTIONS[section], items, f"{section} ({SETTING_SECTIONS[section].__name__})"
+        )
+        for section, items in grouped.items()
+    }
+
+
+def apply_settings(config: TrainConfig, settings: dict[str, dict[str, Any]]) -> TrainConfig:
+    """`config` with `parse_settings`' values laid over it (and validated again)."""
+    train = dict(settings.get("train", {}))
+    loss = replace(config.loss, **settings.get("loss", {}))
+    overrides = {**train.pop("student_overrides", config.student_overrides), **settings.get("student", {})}
+    return replace(config, **train, loss=loss, student_overrides=overrides)

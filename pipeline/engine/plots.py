@@ -46,7 +46,10 @@ def plot_gallery(items: list[dict], out: Path, columns: int = 4) -> Path:
     for ax, item in zip(axes.flat, items, strict=False):
         with Image.open(item["image_path"]) as image:  # validated when its split was read
             ax.imshow(image.convert("RGB"))
+        # A box-less record (an image-text pair) has no target to draw.
         for box, colour in ((item["target"], "lime"), (item["box"], "red")):
+            if box is None:
+                continue
             x1, y1, x2, y2 = box
             ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=2))
         ax.set_title(f"{item['text'][:40]}\nIoU {item['iou']:.2f}", fontsize=8)

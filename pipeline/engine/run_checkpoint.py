@@ -14,7 +14,7 @@ from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv
 from pipeline.engine.resume import check_resume
 from pipeline.student import StudentBase, StudentConfig, load_student_weights
-from pipeline.targets.sources import TargetSource
+from pipeline.targets.source import TargetSource
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.criterion import LossTargets
-from pipeline.data import EvalTransform, GroundingDataset, TrainTransform
+from pipeline.data import EvalTransform, GroundingDataset, TrainTransform, check_supervision
 from pipeline.engine.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import (
@@ -50,7 +50,8 @@ from pipeline.engine.setup import (
 )
 from pipeline.errors import ExpectedError
 from pipeline.student import build_student, make_collate, student_architecture, transform_config_for
-from pipeline.targets.sources import SourceContext, build_target_source
+from pipeline.targets.source import SourceContext
+from pipeline.targets.sources import build_target_source
 
 
 class TrainingDiverged(ExpectedError, RuntimeError):
@@ -74,6 +75,12 @@ class Trainer:
         self.samples = {config.train_split: prepare_split(config, config.train_split)}
         for split in self.eval_splits():
             self.samples[split] = prepare_split(config, split)
+        # Before any image is read: a record without what the student's training needs (a box) stops
+        # the run with one line naming it; evaluation scores boxes whatever the mode.
+        architecture = student_architecture(self.student_config.architecture)
+        architecture.supervision.check(self.samples[config.train_split], config.train_split)
+        for split in self.eval_splits():
+            check_supervision(self.samples[split], True, split, "evaluation")
         train_transform = TrainTransform if config.augment else EvalTransform
         train_transform_config = dataclasses.replace(self.transform_config, translate=config.aug_translate)
         self.train_set = GroundingDataset(
@@ -86,7 +93,7 @@ class Trainer:
         self.train_set.views = self.source.views
 
         self.model = build_student(self.student_config).to(self.device)
-        self.criterion = student_architecture(self.student_config.architecture).criterion(config.loss)
+        self.criterion = architecture.criterion(config.loss)
         self.optimizer = build_optimizer(self.model, self.source.parameters(), config)
         if config.precompute_frozen and config.augment and self.train_set.views is None:
             raise ValueError(

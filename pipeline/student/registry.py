@@ -18,6 +18,7 @@ from pipeline.criterion import (
     Diagnostic,
     LossTerm,
 )
+from pipeline.data.supervision import Supervision
 from pipeline.losses import LossConfig
 from pipeline.student.config import StudentConfig, student_preset
 from pipeline.student.lgrnet import LGRNet
@@ -32,6 +33,8 @@ class StudentArchitecture:
     # distillation terms apply when the run has teacher targets.
     loss_terms: Mapping[str, LossTerm]
     diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)
+    # What its training records must carry (`pipeline/data/supervision.py`): a box on every record.
+    supervision: Supervision = Supervision.FULL
 
     def criterion(self, config: LossConfig | None = None) -> Criterion:
         """Its terms, weighted by `config.weight_dict()`."""

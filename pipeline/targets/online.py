@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.targets.sources import SourceContext, TargetSource, TeacherBatch
+from pipeline.targets.source import SourceContext, TargetSource, TeacherBatch
 from pipeline.teacher import TeacherConfig, build_teacher
 
 
