@@ -288,9 +288,9 @@ def train(
     giou_weight: float = typer.Option(1.0, help="lambda"),
     image_weight: float = typer.Option(1.5, help="alpha, the [DIE] term"),
     text_weight: float = typer.Option(2.0, help="beta, the [DTE] term"),
-    box_loss: str = typer.Option("smooth_l1", help="smooth_l1 | l1"),
+    box: str = typer.Option("smooth_l1", "--box-loss", help="smooth_l1 | l1"),
     box_beta: float = typer.Option(1.0, help="smooth-L1 switch point on normalised coordinates"),
-    distill_loss: str = typer.Option("cosine", help="cosine | l1"),
+    distill_loss: str = typer.Option("cosine", "--distill-loss", help="cosine | l1"),
     image_term: bool = typer.Option(True, help="distil the image embedding"),
     text_term: bool = typer.Option(True, help="distil the text embedding"),
     cell_weight: float = typer.Option(1.0, help="weight of the cell loss (students with a cell head)"),
@@ -327,13 +327,20 @@ def train(
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     compile: bool = typer.Option(False, help="torch.compile the student"),
     sync_every: int = typer.Option(50, help="steps between host reads of the loss (NaN check, progress)"),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="SECTION.FIELD=VALUE for any field of the run's configs (repeatable; sections train, loss, "
+        "student), e.g. --set loss.align_weight=0.5 --set train.eval_splits=val,test",
+    ),
     ablations: bool = typer.Option(
         False, help="train EpmVG's ablation grid with this run as the baseline (one run per variant in OUT)"
     ),
 ) -> None:
     """Train the TransVG student; `torchrun --nproc-per-node N train_student.py ...` for DDP."""
+    from pipeline.config_fields import field_names
     from pipeline.engine.ablations import run_ablations
-    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.config import TrainConfig, apply_settings, parse_settings
     from pipeline.engine.train import train as run_training
     from pipeline.losses import LossConfig
     from pipeline.student import parse_field_assignments
@@ -346,62 +353,25 @@ def train(
         overrides = parse_field_assignments(student_set)
     except ValueError as error:
         raise ValueError(f"--student-set: {error}") from error  # name the option; reported by one_line_errors
+    try:
+        parsed_settings = parse_settings(settings)
+    except ValueError as error:
+        raise ValueError(f"--set: {error}") from error
     if image_size:
         overrides["image_size"] = image_size
     if detr_weights is not None:
         overrides["visual_init"] = str(detr_weights)
     if distill == "cached" and cache is None:
         cache = _found_store(dataset, data_root, cache_root)
-    loss = LossConfig(
-        giou_weight=giou_weight,
-        image_weight=image_weight,
-        text_weight=text_weight,
-        box=box_loss,
-        box_beta=box_beta,
-        distill=distill_loss,
-        image_term=image_term,
-        text_term=text_term,
-        cell_weight=cell_weight,
-        align_weight=align_weight,
-    )
-    config = TrainConfig(
-        dataset=dataset,
-        data_root=data_root,
-        out=out,
-        student=student,
-        student_overrides=overrides,
-        distill=distill,
-        cache=cache,
-        teacher_model=teacher,
-        teacher_pretrained=pretrained,
-        allow_random_teacher=allow_random_teacher,
-        teacher_trainable=teacher_trainable,
-        loss=loss,
-        epochs=epochs,
-        lr_drop=lr_drop,
-        batch_size=batch_size,
-        lr=lr,
-        lr_pretrained=lr_pretrained,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        clip_grad=clip_grad,
-        augment=augment,
-        aug_translate=aug_translate,
-        precompute_frozen=precompute_frozen,
-        frozen_cache=frozen_cache,
-        blank_text=blank_text,
-        view_targets=view_targets,
-        workers=workers,
-        persistent_workers=persistent_workers,
-        seed=seed,
-        device=device,
-        max_samples=max_samples,
-        train_fraction=train_fraction,
-        skip_missing=skip_missing,
-        resume=resume,
-        compile=compile,
-        sync_every=sync_every,
-    )
+    # The typed flags are named after their config fields: each section takes the flags that are its
+    # fields (no hand-written copy per field), then `--set` lays any field over them.
+    flags = locals()
+    loss_flags = {name: flags[name] for name in field_names(LossConfig) if name in flags}
+    loss_flags["distill"] = distill_loss  # `--distill` is the run's mode; `--distill-loss` the loss's
+    train_flags = {name: flags[name] for name in field_names(TrainConfig) if name in flags}
+    train_flags.update(student_overrides=overrides, loss=LossConfig(**loss_flags))
+    train_flags.update(teacher_model=teacher, teacher_pretrained=pretrained)
+    config = apply_settings(TrainConfig(**train_flags), parsed_settings)
     if ablations:
         results = run_ablations(config)
         if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank

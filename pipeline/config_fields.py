@@ -25,6 +25,11 @@ def split_assignment(assignment: str) -> tuple[str, str]:
     return name, text.strip()
 
 
+def field_names(cls: type) -> list[str]:
+    """A dataclass's field names, in order."""
+    return [field.name for field in dataclasses.fields(cls)]
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """A dataclass's settable fields and their resolved annotations."""
     hints = typing.get_type_hints(cls)

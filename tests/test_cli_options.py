@@ -38,3 +38,43 @@ def test_train_and_cache_build_receive_the_resolved_device(tmp_path: Path, monke
     assert trained.exit_code == cached.exit_code == 0, trained.output + cached.output
     expected = "cuda" if gpu else "cpu"
     assert seen["train"].device == seen["cache"].teacher.device == expected
+
+
+def test_train_reads_every_config_field_from_typed_flags_and_set(tmp_path: Path, monkeypatch):
+    from pipeline.losses import LossConfig
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", seen.append)
+    base = ["train", "shapes", "--distill", "none", "--out", str(tmp_path / "r"), "--device", "cpu"]
+    assert runner.invoke(cli.app, base).exit_code == 0
+    assert seen[-1].loss == LossConfig()  # the flags' defaults are the paper's: no copy drifted
+    flags = ["--giou-weight", "2", "--box-loss", "l1", "--distill-loss", "l1", "--warmup-epochs", "0.5"]
+    settings = ["--set", "loss.align_weight=0.25", "--set", "train.eval_splits=val,test"]
+    settings += ["--set", "student.vl_layers=2", "--student-set", "heads=4"]
+    done = runner.invoke(cli.app, base + flags + settings)
+    assert done.exit_code == 0, done.output
+    config = seen[-1]
+    assert (config.loss.giou_weight, config.loss.box, config.loss.distill) == (2.0, "l1", "l1")
+    assert config.loss.align_weight == 0.25 and config.warmup_epochs == 0.5 and config.distill == "none"
+    assert config.eval_splits == ("val", "test")
+    assert config.student_overrides == {"heads": 4, "vl_layers": 2}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("loss.nope=1", "unknown loss (LossConfig) field 'nope'"),
+        ("loss.box=l2", "box='l2': expected 'smooth_l1' or 'l1'"),
+        ("train.epochs=ten", "epochs='ten': expected int"),
+        ("giou_weight=2", "expected SECTION.FIELD=VALUE"),
+        ("train.loss=x", "loss is a section of its own"),
+    ],
+)
+def test_a_bad_set_stops_with_one_line_before_any_work(tmp_path: Path, monkeypatch, setting, message):
+    monkeypatch.setattr(train_module, "train", lambda config: pytest.fail("training started"))
+    done = runner.invoke(
+        cli.app, ["train", "shapes", "--distill", "none", "--out", str(tmp_path / "r"), "--set", setting]
+    )
+    assert done.exit_code == 2
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --set: ") and message in lines[0], done.output
