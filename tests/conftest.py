@@ -1,4 +1,9 @@
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +18,53 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "splits").is_dir():
         pytest.fail(f"real sample data not found at {SHARED_DATA}: the checkout must sit beside shared/")
     return SHARED_DATA
+
+
+# The tiny run most training tests start from: the `tiny` student at 64 px, two epochs of two batches
+# of 4 on 8 records a split, in-process loading, 4 gallery images. A test passes what it needs otherwise
+# as keywords (or binds its own defaults with functools.partial); distillation is "cached" from `store`
+# when one is given, else "none".
+TINY_RUN: dict[str, Any] = dict(
+    dataset="shapes",
+    student="tiny",
+    student_overrides={"image_size": 64},
+    epochs=2,
+    lr_drop=2,
+    batch_size=4,
+    max_samples=8,
+    workers=0,
+    progress=False,
+    gallery_size=4,
+)
+
+
+def tiny_run(data_root: Path, out: Path, store: Path | None = None, **changes):
+    """A TrainConfig for a tiny run on `data_root` into `out`: TINY_RUN with `changes` applied."""
+    from pipeline.engine.config import TrainConfig
+
+    distill = {"distill": "cached", "cache": store} if store is not None else {"distill": "none"}
+    return TrainConfig(**{**TINY_RUN, "data_root": data_root, "out": out, **distill, **changes})
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous (fixed ports collide when
+    two test sessions run at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_torchrun(nproc: int, args: list[str], timeout: float = 600, check: bool = True):
+    """`python -m torch.distributed.run --nproc-per-node NPROC ARGS` from the repository root, on a free
+    port; with `check`, a failure shows the end of its stderr. Returns the finished process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    command += ["--master-port", str(free_port()), *map(str, args)]
+    # the ranks import this checkout's pipeline, whatever folder their script is in
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def write_tiny_checkpoint(path: Path, data_root: Path, dataset: str = "shapes") -> Path:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 
 from pipeline.engine.ablations import ablation_config, ablation_grid
 from pipeline.engine.config import TrainConfig
@@ -93,9 +94,11 @@ def test_a_failed_side_run_stops_the_demo_with_its_folder_named(tmp_path):
     from pipeline.demo import train_side_by_side
 
     make_shapes(tmp_path / "data", n=12, seed=0, image_size=64)
-    settings = dict(dataset="shapes", student="tiny", distill="none", epochs=1, max_samples=4, workers=0)
-    fine = TrainConfig(data_root=tmp_path / "data", out=tmp_path / "student", progress=False, **settings)
-    broken = TrainConfig(data_root=tmp_path / "no-data", out=tmp_path / "control", **settings)
+    settings = dict(
+        student_overrides={}, epochs=1, lr_drop=None, batch_size=64, max_samples=4, gallery_size=12
+    )
+    fine = tiny_run(tmp_path / "data", tmp_path / "student", **settings)
+    broken = tiny_run(tmp_path / "no-data", tmp_path / "control", progress=True, **settings)
     with pytest.raises(RuntimeError, match="control.*failed"):
         train_side_by_side(fine, broken)
     assert (tmp_path / "student" / "summary.json").is_file()  # the run beside it finished

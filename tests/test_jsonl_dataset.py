@@ -4,15 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TEACHER, tiny_run
 
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import student_config_for, train
 from pipeline.teacher import TeacherConfig
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -46,17 +44,14 @@ def test_a_jsonl_dataset_caches_and_trains_one_epoch_end_to_end(tmp_path):
             progress=False,
         )
     )
-    config = TrainConfig(
+    config = tiny_run(
+        tmp_path / "unused",  # a JSON-lines file's images are relative to the file
+        tmp_path / "run",
+        store=store,
         dataset=dataset,
-        data_root=tmp_path / "unused",  # a JSON-lines file's images are relative to the file
-        out=tmp_path / "run",
-        student="tiny",
-        student_overrides={"image_size": 64},
-        cache=store,
         epochs=1,
-        batch_size=4,
-        workers=0,
-        progress=False,
+        lr_drop=None,
+        max_samples=None,
         gallery_size=2,
     )
     assert student_config_for(config).max_query_len == 20

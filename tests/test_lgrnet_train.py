@@ -4,17 +4,15 @@ ablation grid (QUICK in-process, and under torchrun with --resume)."""
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_torchrun
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.engine.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -88,18 +86,8 @@ def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
 def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp_path):
     """DDP: L_align gathers both ranks' rows (align_batch = 2 x batch); --resume runs only what is missing."""
     out = tmp_path / "grid"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29542",
-    ]
-    command += ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
+    run_torchrun(2, args, timeout=900)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 10
     base = json.loads((out / "lgrnet_N2_lambda2.0_batch4" / "metrics.jsonl").read_text().splitlines()[0])
@@ -107,8 +95,7 @@ def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp
     half = json.loads((out / "lambda2.0_batch2" / "metrics.jsonl").read_text().splitlines()[0])
     assert half["loss/align_batch"] == 4
     shutil.rmtree(out / "2_prediction_tokens")
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_torchrun(2, [*args, "--resume"], timeout=900)
     for metrics in out.glob("*/metrics.jsonl"):  # one epoch each: finished variants were not retrained
         assert len(metrics.read_text().splitlines()) == 1, metrics
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 10
