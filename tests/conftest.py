@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,50 @@ def run_torchrun(nproc: int, args: list[str], timeout: float = 600, check: bool 
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+# Checks of what a run writes: its content, not only that the file is there ----------------------------
+
+
+def assert_png(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """`path` is a PNG that opens, is `size` (width, height) when given, and is not blank (many
+    colours; not nearly all background). Returns its RGB pixels."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path}: {image.format}"
+        if size is not None:
+            assert image.size == size, f"{path}: {image.size} != {size}"
+        rgb = np.asarray(image.convert("RGB"))
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 16, f"{path}: (nearly) one colour"
+    drawn = (np.abs(rgb.astype(int) - rgb[0, 0].astype(int)).sum(-1) > 60).mean()
+    assert drawn > 0.005, f"{path}: {drawn:.2%} of its pixels differ from the background"
+    return rgb
+
+
+def assert_run_checkpoint(path: Path, epoch: int | None = None) -> dict:
+    """A trainer's checkpoint: loads, holds weights, optimiser, schedule, RNG and both configs, and
+    (when given) is from `epoch`. Returns it."""
+    from pipeline.engine.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path)
+    keys = {"model", "optimizer", "scheduler", "rng", "epoch", "step", "train_config", "student_config"}
+    assert keys <= set(payload), f"{path}: lacks {keys - set(payload)}"
+    assert payload["model"] and all(hasattr(value, "shape") for value in payload["model"].values())
+    if epoch is not None:
+        assert payload["epoch"] == epoch, f"{path}: epoch {payload['epoch']} != {epoch}"
+    return payload
+
+
+def assert_results_md(path: Path, results: dict[str, dict[str, float]]) -> None:
+    """A run's results.md: a row per split with its Acc@0.5 as a percentage and its count, as in
+    summary.json's `results`."""
+    rows = {line.split()[0]: line.split() for line in path.read_text().splitlines()[1:] if line.strip()}
+    assert set(rows) == set(results), f"{path}: rows {sorted(rows)} != splits {sorted(results)}"
+    for split, row in results.items():
+        percent, n = rows[split][1], rows[split][3]
+        assert percent.endswith("%") and float(percent[:-1]) == pytest.approx(100 * row["acc@0.5"], abs=0.01)
+        assert int(n) == row["n"]
 
 
 def write_tiny_checkpoint(path: Path, data_root: Path, dataset: str = "shapes") -> Path:

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TEACHER, tiny_run
+from conftest import TINY_TEACHER, assert_run_checkpoint, tiny_run
 
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
@@ -58,4 +58,5 @@ def test_a_jsonl_dataset_caches_and_trains_one_epoch_end_to_end(tmp_path):
     summary = train(config)
     assert summary["epochs"] == 1 and summary["steps"] == 2  # 8 train records, batches of 4
     assert summary["results"]["val"]["n"] == len(load_split(dataset, "val")) > 0
-    assert (tmp_path / "run" / "best.pt").is_file()
+    best = assert_run_checkpoint(tmp_path / "run" / "best.pt", epoch=1)
+    assert best["student_config"]["max_query_len"] == 20 and best["train_config"]["dataset"] == dataset

@@ -75,7 +75,10 @@ def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
     names = list(grid_for(base))
     assert [row["variant"] for row in rows] == names
     assert names[0] == "lgrnet N=2 lambda=2.0 batch=8" and "N=6" in names and "N=2" not in names
-    assert "Ablations of lgrnet-tiny" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "Ablations of lgrnet-tiny" in table
+    for row in rows:  # a row per variant, its accuracy in percent as in results.csv
+        assert f"| {row['variant']} | {100 * float(row['val']):.2f} |" in table.splitlines(), row
     config = json.loads((out / "coord_concat" / "config.json").read_text())
     assert config["student_overrides"]["coord_fusion"] == "concat"
     assert json.loads((out / "N6" / "config.json").read_text())["student_overrides"]["vl_layers"] == 6
