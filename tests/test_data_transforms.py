@@ -1,4 +1,5 @@
-"""The box follows every geometric step of the TransVG transforms; flips swap left/right."""
+"""The box follows every geometric step of the TransVG transforms; flips swap left/right; colour jitter
+on 80% of samples and --aug_translate as in TransVG's recipe."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import EvalTransform, TrainTransform, TransformConfig, TransformedSample
+from pipeline.data.transforms import color_jitter
 
 CONFIG = TransformConfig(image_size=192)  # small, so that many seeds stay fast
 BOX = (196.0, 40.0, 262.0, 110.0)  # off-centre, so a flip moves it
@@ -124,3 +126,45 @@ def test_the_eval_box_without_pixels_is_the_transforms_box(pad_position):
         image = Image.new("RGB", (width, height))
         expected = transform(image, box, "the box").box_cxcywh
         assert torch.equal(transform.box(box, (width, height)), expected)
+
+
+# TransVG's recipe, reviewed: jitter on 80% of samples, --aug_translate ----------------------------
+
+
+def _noise_image(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_colour_jitter_acts_on_80_percent_of_the_samples():
+    image = _noise_image(16, 16)
+    changed = [
+        color_jitter(image, 0.4, np.random.default_rng(seed), prob=0.8).tobytes() != image.tobytes()
+        for seed in range(400)
+    ]
+    assert 0.74 < np.mean(changed) < 0.86
+    assert TransformConfig().jitter_prob == 0.8
+
+
+def _unpadded_top_left(mask: torch.Tensor) -> tuple[int, int]:
+    rows, columns = torch.nonzero(~mask, as_tuple=True)
+    return int(rows.min()), int(columns.min())
+
+
+def test_aug_translate_places_the_image_anywhere_and_the_box_follows():
+    config = TransformConfig(image_size=64, crop_prob=0.0, color_jitter=0.0, flip_prob=0.0)
+    image, box = _noise_image(80, 40), (10.0, 5.0, 50.0, 30.0)
+    plain = {_unpadded_top_left(TrainTransform(config)(image, box, "x", np.random.default_rng(s)).pixel_mask)
+             for s in range(20)}  # fmt: skip
+    assert plain == {(0, 0)}
+    moved = TrainTransform(TransformConfig(**{**config.__dict__, "translate": True}))
+    places = set()
+    for seed in range(20):
+        out = moved(image, box, "x", np.random.default_rng(seed))
+        top, left = _unpadded_top_left(out.pixel_mask)
+        places.add((top, left))
+        cx, cy, w, h = (out.box_cxcywh * 64).tolist()
+        height, width = (~out.pixel_mask).sum(0).max(), (~out.pixel_mask).sum(1).max()
+        assert left <= cx - w / 2 and cx + w / 2 <= left + width + 1e-4
+        assert top <= cy - h / 2 and cy + h / 2 <= top + height + 1e-4
+    assert len(places) > 5

@@ -3,11 +3,13 @@ trainer replays view (epoch mod K), so the cached target is the teacher's embedd
 own pixels."""
 
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TEACHER, tiny_run
 from PIL import Image
 
 import pipeline.cache_job as job_module
@@ -16,7 +18,6 @@ from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import TrainTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_augment_params
 from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.frozen_inputs import build_view_table, model_inputs
 from pipeline.engine.setup import student_config_for
 from pipeline.engine.train import Trainer, train
@@ -27,8 +28,6 @@ from pipeline.targets.schema import VIEW_PARAMS, VIEWS
 from pipeline.teacher import TeacherConfig
 from pipeline.views import ViewSpec
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 K = 2
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
@@ -40,29 +39,13 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
-def run_config(shapes_root: Path, store: Path | None, out: Path, **changes) -> TrainConfig:
-    settings = dict(
-        dataset="shapes",
-        data_root=shapes_root,
-        out=out,
-        student="tiny",
-        student_overrides={"image_size": 64},
-        distill="cached",
-        cache=store,
-        epochs=2,
-        lr_drop=2,
-        batch_size=4,
-        max_samples=6,
-        workers=0,
-        progress=False,
-        gallery_size=2,
-    )
-    return TrainConfig(**{**settings, **changes})
+# conftest's tiny run on 6 records a split, with 2 gallery images
+run_config = partial(tiny_run, max_samples=6, gallery_size=2)
 
 
 def run_transform(shapes_root: Path) -> TransformConfig:
     """The train transform of `run_config`'s student."""
-    return transform_config_for(student_config_for(run_config(shapes_root, None, Path(), distill="none")))
+    return transform_config_for(student_config_for(run_config(shapes_root, Path())))
 
 
 def job(shapes_root: Path, out: Path, **changes) -> CacheJobConfig:
@@ -109,7 +92,7 @@ def test_augment_params_replay_the_train_transform(shapes_root):
 
 
 def test_replayed_views_are_what_the_teacher_embedded(shapes_root, views_store, tmp_path):
-    config = run_config(shapes_root, views_store, tmp_path / "run")
+    config = run_config(shapes_root, tmp_path / "run", store=views_store)
     trainer = Trainer(config)
     assert trainer.train_set.views is not None, "the trainer must pick exact-view mode from the store"
     online_config = replace(
@@ -143,13 +126,15 @@ def test_replayed_views_are_what_the_teacher_embedded(shapes_root, views_store, 
 
 
 def test_a_run_with_another_transform_is_refused(shapes_root, views_store, tmp_path):
-    config = run_config(shapes_root, views_store, tmp_path / "run", student_overrides={"image_size": 96})
+    config = run_config(
+        shapes_root, tmp_path / "run", store=views_store, student_overrides={"image_size": 96}
+    )
     with pytest.raises(ViewsMismatchError, match="image_size: store 64 vs run 96"):
         Trainer(config)
 
 
 def test_no_augment_run_uses_the_whole_image_rows(shapes_root, views_store, tmp_path):
-    trainer = Trainer(run_config(shapes_root, views_store, tmp_path / "run", augment=False))
+    trainer = Trainer(run_config(shapes_root, tmp_path / "run", store=views_store, augment=False))
     assert trainer.train_set.views is None and "view" not in trainer.collate([trainer.train_set[0]])
 
 
@@ -212,7 +197,7 @@ def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root
     """--precompute-frozen on an exact-view store: one backbone pass per (record, view), and each epoch
     reads the view the teacher embedded for it, exactly as the pixel path would feed it."""
     config = run_config(
-        shapes_root, views_store, tmp_path / "run", student_overrides=FROZEN, precompute_frozen=True
+        shapes_root, tmp_path / "run", store=views_store, student_overrides=FROZEN, precompute_frozen=True
     )
     trainer = Trainer(config)
     table = trainer.frozen_tables[config.train_split]
@@ -242,7 +227,7 @@ def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root
 
 def test_whole_image_targets_replay_the_views_against_the_view_less_rows(shapes_root, views_store, tmp_path):
     """--view-targets whole-image: the student sees the same views, the targets are today's cache's."""
-    config = run_config(shapes_root, views_store, tmp_path / "run", view_targets="whole-image")
+    config = run_config(shapes_root, tmp_path / "run", store=views_store, view_targets="whole-image")
     trainer = Trainer(config)
     batch = trainer.collate([trainer.train_set[len(trainer.train_set) + i] for i in range(4)])  # view 1
     image, text = trainer.source.targets(batch)
@@ -259,7 +244,7 @@ def test_whole_image_targets_replay_the_views_against_the_view_less_rows(shapes_
 def test_precomputed_augmented_training_needs_a_views_store(shapes_root, tmp_path):
     store = build_cache(job(shapes_root, tmp_path / "plain", views=None))
     config = run_config(
-        shapes_root, store, tmp_path / "run", student_overrides=FROZEN, precompute_frozen=True
+        shapes_root, tmp_path / "run", store=store, student_overrides=FROZEN, precompute_frozen=True
     )
     with pytest.raises(ValueError, match="needs an exact-view cache"):
         Trainer(config)
@@ -267,10 +252,10 @@ def test_precomputed_augmented_training_needs_a_views_store(shapes_root, tmp_pat
 
 def test_a_precomputed_views_run_trains_and_resumes(shapes_root, views_store, tmp_path):
     settings = dict(student_overrides=FROZEN, precompute_frozen=True, frozen_cache=tmp_path / "frozen")
-    straight = train(run_config(shapes_root, views_store, tmp_path / "straight", epochs=3, **settings))
-    train(run_config(shapes_root, views_store, tmp_path / "resumed", epochs=2, **settings))
+    straight = train(run_config(shapes_root, tmp_path / "straight", store=views_store, epochs=3, **settings))
+    train(run_config(shapes_root, tmp_path / "resumed", store=views_store, epochs=2, **settings))
     resumed = train(
-        run_config(shapes_root, views_store, tmp_path / "resumed", epochs=3, resume=True, **settings)
+        run_config(shapes_root, tmp_path / "resumed", store=views_store, epochs=3, resume=True, **settings)
     )
     assert resumed["steps"] == straight["steps"]
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]

@@ -6,11 +6,12 @@ import math
 from dataclasses import replace
 
 import pytest
+from conftest import assert_png
 
 import pipeline.experiment as experiment
 import pipeline.teacher_training as teacher_training
 import storage
-from pipeline.data import image_subset, load_split
+from pipeline.data import file_sha256, image_subset, load_split
 from pipeline.data.sample import Sample
 from pipeline.data.shapes import EXTREMES, RELATIONS
 from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
@@ -107,11 +108,13 @@ def test_quick_distillation_study_end_to_end_and_resumes(tmp_path, monkeypatch):
     for row in [*variants, "centre prior", "text-only prior"]:
         assert f"| {row} |" in table, row
     assert "| 25% of train images |" in table and " ± " in table
-    assert (out / "results.png").is_file()
+    assert_png(out / "results.png")
     quarter = list((out / "train0.25" / "seed0").iterdir())
     assert len(quarter) == len(variants)  # one run folder a variant
     no_cd = next(p for p in quarter if p.name == "no_CD")
-    assert '"distill": "none"' in (no_cd / "summary.json").read_text()
+    summary = json.loads((no_cd / "summary.json").read_text())
+    assert summary["distill"] == "none" and summary["teacher_fingerprint"] is None
+    assert set(summary["results"]) >= {"val", "test"} and summary["epochs"] >= 1
 
     def no_training(config):
         raise AssertionError(f"finished run trained again: {config.out}")
@@ -160,7 +163,9 @@ def test_quick_coord_embedding_study_switches_the_data_and_the_embedding(tmp_pat
     }
     assert spatial & words["spatial-words"] and not spatial & words["no-spatial-words"]
     for data in ("spatial-words", "no-spatial-words"):  # each data setting has its own teacher and cache
-        assert (out / data / "teacher").is_dir() and (out / data / "cache").is_dir()
+        assert storage.FeatureStore.open(out / data / "cache").tables()  # complete, or it would not open
+        teacher = json.loads((out / data / "teacher" / "teacher.json").read_text())
+        assert teacher["checkpoint_sha256"] == file_sha256(out / data / "teacher" / "teacher.safetensors")
         runs = {p.name: p for p in (out / data / "train1" / "seed0").iterdir()}
         configs = {name: json.loads((p / "config.json").read_text()) for name, p in runs.items()}
         assert sorted(c["student_overrides"].get("coord_embedding", True) for c in configs.values()) == [

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
 from pipeline.engine import frozen_inputs
@@ -16,6 +17,10 @@ from pipeline.losses import LossConfig
 from pipeline.student import build_student, make_collate, student_preset, transform_config_for
 
 FROZEN = {"frozen_backbone_stages": 5, "freeze_text_encoder": True, "image_size": 64}
+# conftest's tiny run, without distillation, on every record and the precomputed frozen branches
+TABLE_RUN = dict(
+    student_overrides=FROZEN, max_samples=None, gallery_size=12, augment=False, precompute_frozen=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +70,7 @@ def test_precompute_needs_unaugmented_inputs(shapes_root):
 
 def test_a_run_on_the_table_evaluates_the_same_through_pixels(shapes_root, tmp_path):
     """Its final results come from best.pt, and `eval` of best.pt through pixels gives the same."""
-    summary = train(
-        TrainConfig(
-            dataset="shapes",
-            data_root=shapes_root,
-            out=tmp_path / "run",
-            student="tiny",
-            student_overrides=FROZEN,
-            distill="none",
-            epochs=2,
-            lr_drop=2,
-            batch_size=4,
-            augment=False,
-            precompute_frozen=True,
-            workers=0,
-            progress=False,
-        )
-    )
+    summary = train(tiny_run(shapes_root, tmp_path / "run", **TABLE_RUN))
     assert summary["steps"] > 2
     through_pixels = evaluate_checkpoint(
         tmp_path / "run" / "best.pt", shapes_root, None, ["val", "test"], 4, "cpu", False
@@ -92,23 +81,9 @@ def test_a_run_on_the_table_evaluates_the_same_through_pixels(shapes_root, tmp_p
 
 
 def _table_run(shapes_root: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(
-        dataset="shapes",
-        data_root=shapes_root,
-        out=out,
-        student="tiny",
-        student_overrides=FROZEN,
-        distill="none",
-        epochs=1,
-        lr_drop=1,
-        batch_size=4,
-        augment=False,
-        precompute_frozen=True,
-        frozen_cache=out.parent / "frozen",
-        workers=0,
-        progress=False,
-    )
-    return TrainConfig(**{**settings, **changes})
+    """One epoch on the table, kept in a `frozen` folder beside `out` for the next run."""
+    settings = dict(TABLE_RUN, epochs=1, lr_drop=1, frozen_cache=out.parent / "frozen")
+    return tiny_run(shapes_root, out, **{**settings, **changes})
 
 
 def test_runs_that_differ_only_in_training_share_the_saved_tables(shapes_root, tmp_path, monkeypatch):

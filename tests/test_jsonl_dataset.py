@@ -4,16 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TEACHER, assert_run_checkpoint, tiny_run
 
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.setup import student_config_for
 from pipeline.engine.train import train
 from pipeline.teacher import TeacherConfig
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -47,21 +45,19 @@ def test_a_jsonl_dataset_caches_and_trains_one_epoch_end_to_end(tmp_path):
             progress=False,
         )
     )
-    config = TrainConfig(
+    config = tiny_run(
+        tmp_path / "unused",  # a JSON-lines file's images are relative to the file
+        tmp_path / "run",
+        store=store,
         dataset=dataset,
-        data_root=tmp_path / "unused",  # a JSON-lines file's images are relative to the file
-        out=tmp_path / "run",
-        student="tiny",
-        student_overrides={"image_size": 64},
-        cache=store,
         epochs=1,
-        batch_size=4,
-        workers=0,
-        progress=False,
+        lr_drop=None,
+        max_samples=None,
         gallery_size=2,
     )
     assert student_config_for(config).max_query_len == 20
     summary = train(config)
     assert summary["epochs"] == 1 and summary["steps"] == 2  # 8 train records, batches of 4
     assert summary["results"]["val"]["n"] == len(load_split(dataset, "val")) > 0
-    assert (tmp_path / "run" / "best.pt").is_file()
+    best = assert_run_checkpoint(tmp_path / "run" / "best.pt", epoch=1)
+    assert best["student_config"]["max_query_len"] == 20 and best["train_config"]["dataset"] == dataset

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from pipeline.criterion import LossTargets
 from pipeline.losses import LossConfig, info_nce_loss, layer_summed_box_loss
@@ -347,10 +348,8 @@ def test_ddp_alignment_uses_every_ranks_negatives_and_its_gradient_is_exact():
     single = info_nce_loss(f_obj, f_sent, torch.tensor(0.0))
     single.backward()
     context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    processes = [
-        context.Process(target=_gathered_info_nce, args=(rank, 2, 29541, queue)) for rank in range(2)
-    ]
+    queue, port = context.SimpleQueue(), free_port()
+    processes = [context.Process(target=_gathered_info_nce, args=(rank, 2, port, queue)) for rank in range(2)]
     for process in processes:
         process.start()
     results = sorted(queue.get() for _ in processes)

@@ -4,17 +4,15 @@ ablation grid (QUICK in-process, and under torchrun with --resume)."""
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_torchrun
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.engine.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -77,7 +75,10 @@ def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
     names = list(grid_for(base))
     assert [row["variant"] for row in rows] == names
     assert names[0] == "lgrnet N=2 lambda=2.0 batch=8" and "N=6" in names and "N=2" not in names
-    assert "Ablations of lgrnet-tiny" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "Ablations of lgrnet-tiny" in table
+    for row in rows:  # a row per variant, its accuracy in percent as in results.csv
+        assert f"| {row['variant']} | {100 * float(row['val']):.2f} |" in table.splitlines(), row
     config = json.loads((out / "coord_concat" / "config.json").read_text())
     assert config["student_overrides"]["coord_fusion"] == "concat"
     assert json.loads((out / "N6" / "config.json").read_text())["student_overrides"]["vl_layers"] == 6
@@ -88,18 +89,8 @@ def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
 def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp_path):
     """DDP: L_align gathers both ranks' rows (align_batch = 2 x batch); --resume runs only what is missing."""
     out = tmp_path / "grid"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29542",
-    ]
-    command += ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
+    run_torchrun(2, args, timeout=900)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 10
     base = json.loads((out / "lgrnet_N2_lambda2.0_batch4" / "metrics.jsonl").read_text().splitlines()[0])
@@ -107,8 +98,7 @@ def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp
     half = json.loads((out / "lambda2.0_batch2" / "metrics.jsonl").read_text().splitlines()[0])
     assert half["diag/align_batch"] == 4
     shutil.rmtree(out / "2_prediction_tokens")
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_torchrun(2, [*args, "--resume"], timeout=900)
     for metrics in out.glob("*/metrics.jsonl"):  # one epoch each: finished variants were not retrained
         assert len(metrics.read_text().splitlines()) == 1, metrics
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 10

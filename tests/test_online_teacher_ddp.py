@@ -1,21 +1,28 @@
 """Under torchrun a trainable online teacher is wrapped in DDP like the student, a frozen one is not."""
 
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
 import torch
+from conftest import TINY_TEACHER, run_torchrun, tiny_run
 
 import pipeline.engine.train as train_module
 import pipeline.targets.online as online_module
 from pipeline.data import make_shapes
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv
 from pipeline.targets.online import TeacherEncoders
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
+# conftest's tiny run with a random tiny online teacher: one epoch of batches of 2, no lr drop
+ONLINE = dict(
+    distill="online",
+    teacher_model=TINY_TEACHER,
+    teacher_pretrained="none",
+    allow_random_teacher=True,
+    epochs=1,
+    lr_drop=None,
+    batch_size=2,
+    gallery_size=12,
+)
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -41,12 +48,9 @@ def test_a_trainable_teacher_runs_through_ddp(tmp_path, monkeypatch, trainable):
     monkeypatch.setattr(train_module, "DistributedDataParallel", RecordingDDP)
     monkeypatch.setattr(online_module, "DistributedDataParallel", RecordingDDP)
     RecordingDDP.wrapped = []
-    config = TrainConfig(
-        dataset="shapes", data_root=tmp_path / "data", out=tmp_path / "run", student="tiny",
-        student_overrides={"image_size": 64}, distill="online", teacher_model=TINY_TEACHER,
-        teacher_pretrained="none", allow_random_teacher=True, teacher_trainable=trainable, epochs=1,
-        batch_size=2, workers=0, progress=False,
-    )  # fmt: skip
+    config = tiny_run(
+        tmp_path / "data", tmp_path / "run", **ONLINE, teacher_trainable=trainable, max_samples=None
+    )
     trainer = train_module.Trainer(config)
     teachers = [ddp for ddp in RecordingDDP.wrapped if isinstance(ddp.module, TeacherEncoders)]
     assert len(teachers) == (1 if trainable else 0)
@@ -58,6 +62,7 @@ def test_a_trainable_teacher_runs_through_ddp(tmp_path, monkeypatch, trainable):
 
 
 RANK_SCRIPT = """
+import json
 import sys
 from pathlib import Path
 
@@ -67,18 +72,12 @@ from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import shutdown_distributed
 from pipeline.engine.train import Trainer
 
-data_root, out, teacher = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-config = TrainConfig(
-    dataset="shapes", data_root=data_root, out=out, student="tiny", student_overrides={"image_size": 64},
-    distill="online", teacher_model=teacher, teacher_pretrained="none", allow_random_teacher=True,
-    teacher_trainable=True, epochs=1, batch_size=2, max_samples=8, workers=0, device="cpu",
-    progress=False, lr_pretrained=1e-3,
-)
+config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
 trainer = Trainer(config)
 before = {k: v.clone() for k, v in trainer.source.teacher.teacher.model.state_dict().items()}
 trainer.fit()
 after = trainer.source.teacher.teacher.model.state_dict()
-torch.save({"before": before, "after": after}, out / f"teacher-rank{trainer.env.rank}.pt")
+torch.save({"before": before, "after": after}, config.out / f"teacher-rank{trainer.env.rank}.pt")
 shutdown_distributed(trainer.env)
 """
 
@@ -89,12 +88,9 @@ def test_two_gloo_ranks_end_with_the_same_trained_teacher(shapes_root, tmp_path)
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-        str(script), str(shapes_root), str(out), TINY_TEACHER,
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    config = tiny_run(shapes_root, out, **ONLINE, teacher_trainable=True, device="cpu", lr_pretrained=1e-3)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    run_torchrun(2, [script, tmp_path / "config.json"])
     ranks = [torch.load(out / f"teacher-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     changed = [k for k, v in ranks[0]["after"].items() if not torch.equal(v, ranks[0]["before"][k])]
     assert changed, "the teacher did not train"

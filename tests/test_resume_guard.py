@@ -1,10 +1,12 @@
 """`--resume` continues the same run or refuses before writing; metrics and checkpoints stay honest."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 from typer.testing import CliRunner
 
 import pipeline.engine.checkpoint as checkpoint_module
@@ -12,7 +14,6 @@ import pipeline.engine.train as train_module
 from pipeline.cli import app
 from pipeline.data import make_shapes
 from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv
 from pipeline.engine.resume import ResumeMismatchError
 from pipeline.engine.train import train
@@ -27,23 +28,8 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
-def run(shapes_root: Path, out: Path, **changes) -> TrainConfig:
-    settings = dict(
-        dataset="shapes",
-        data_root=shapes_root,
-        out=out,
-        student="tiny",
-        student_overrides={"image_size": 64},
-        distill="none",
-        epochs=1,
-        lr_drop=5,
-        batch_size=4,
-        max_samples=8,
-        workers=0,
-        progress=False,
-        gallery_size=2,
-    )
-    return TrainConfig(**{**settings, **changes})
+# conftest's tiny run without distillation: one epoch (lr drop at 5), 2 gallery images
+run = partial(tiny_run, epochs=1, lr_drop=5, gallery_size=2)
 
 
 def metric_rows(out: Path) -> list[dict]:

@@ -4,17 +4,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TEACHER, tiny_run
 
 import storage
 from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import dataset_fingerprint, make_shapes
-from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import train
 from pipeline.targets import BadTargetsError, load_targets
 from pipeline.teacher import TeacherConfig
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 
 
@@ -70,9 +68,9 @@ def test_a_bad_target_row_is_named_with_its_store(
 def test_the_trainer_stops_before_training_on_a_bad_store(shapes_store, monkeypatch, tmp_path):
     root, store = shapes_store
     poison(monkeypatch, "texts", 3, 0.0)
-    config = TrainConfig(
-        dataset="shapes", data_root=root, out=tmp_path / "run", student="tiny", cache=store, epochs=1,
-        batch_size=4, workers=0, progress=False,
+    config = tiny_run(
+        root, tmp_path / "run", store=store, student_overrides={}, epochs=1, lr_drop=None, max_samples=None,
+        gallery_size=12,
     )  # fmt: skip
     with pytest.raises(BadTargetsError, match="texts row 3"):
         train(config)
