@@ -120,7 +120,7 @@ def poison_loss(monkeypatch, poisoned_steps) -> None:
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    poisoned_transvg = dataclasses.replace(transvg, objective=poisoned)
+    poisoned_transvg = dataclasses.replace(transvg, loss=poisoned)
     monkeypatch.setitem(student_registry.STUDENTS, "transvg", poisoned_transvg)
 
 

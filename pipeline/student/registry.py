@@ -1,37 +1,79 @@
-"""The students this kit can train, by `StudentConfig.architecture`: how to build one and its loss.
+"""The students this kit can train, by `StudentConfig.architecture`: the one list of architectures.
 
-One entry per architecture is the whole interface a new student needs: the trainer, evaluation,
-checkpoints and the ablation grid look the architecture up here instead of branching on it.
+One entry per architecture is the whole interface a new student needs: its model class (a
+`StudentBase`), its loss and its ablation grid, each named as "module:attribute" and imported on first
+use. The trainer, evaluation, checkpoints, `epmvg diagnose` and the ablation grids look the
+architecture up here instead of branching on it; `StudentConfig` checks its `architecture` against
+this list while parsing, which it can import because nothing here imports a model at import time.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
-from pipeline.losses import grounding_loss, lgrnet_loss
-from pipeline.student.config import StudentConfig, student_preset
-from pipeline.student.lgrnet import LGRNet
-from pipeline.student.model import StudentBase, TransVG
+    from pipeline.student.config import StudentConfig
+    from pipeline.student.model import StudentBase
 
 # (output, target_box, teacher_image, teacher_text, loss_config, teacher_grad) → named loss terms + "total"
-Objective = Callable[..., dict[str, Tensor]]
+Objective = Callable[..., "dict[str, Tensor]"]
+# (baseline TrainConfig, unfrozen_teacher) → variant name → changes to the baseline (engine/ablations.py)
+AblationGrid = Callable[..., "dict[str, dict[str, Any]]"]
+
+
+def resolve(reference: str | Callable[..., Any]) -> Any:
+    """ "package.module:attribute" → the attribute (imported now); a callable is returned as it is."""
+    if not isinstance(reference, str):
+        return reference
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass(frozen=True)
 class StudentArchitecture:
+    """One student: `model` a StudentBase subclass taking (config, pretrained), `loss` its training
+    objective, `ablations` its ablation grid; each a "module:attribute" reference or the object itself."""
+
     name: str
-    build: Callable[[StudentConfig, bool], StudentBase]  # (config, pretrained) → model
-    objective: Objective  # the training loss, with EpmVG's distillation terms when teachers are given
+    model: str | type[StudentBase]
+    loss: str | Objective
+    ablations: str | AblationGrid
+
+    @property
+    def model_class(self) -> type[StudentBase]:
+        return resolve(self.model)
+
+    @property
+    def objective(self) -> Objective:
+        """The training loss, with EpmVG's distillation terms when teachers are given."""
+        return resolve(self.loss)
+
+    @property
+    def ablation_grid(self) -> AblationGrid:
+        return resolve(self.ablations)
+
+    def build(self, config: StudentConfig, pretrained: bool = True) -> StudentBase:
+        return self.model_class(config, pretrained)
 
 
-# Keys match config.ARCHITECTURES (a test checks it): a bad name then fails while parsing the config.
 STUDENTS: dict[str, StudentArchitecture] = {
-    "transvg": StudentArchitecture("transvg", TransVG, grounding_loss),
-    "lgrnet": StudentArchitecture("lgrnet", LGRNet, lgrnet_loss),
+    "transvg": StudentArchitecture(
+        "transvg",
+        model="pipeline.student.model:TransVG",
+        loss="pipeline.losses:grounding_loss",
+        ablations="pipeline.engine.ablations:ablation_grid",
+    ),
+    "lgrnet": StudentArchitecture(
+        "lgrnet",
+        model="pipeline.student.lgrnet:LGRNet",
+        loss="pipeline.losses:lgrnet_loss",
+        ablations="pipeline.engine.ablations:lgrnet_ablation_grid",
+    ),
 }
 
 
@@ -44,11 +86,6 @@ def student_architecture(name: str) -> StudentArchitecture:
 def build_student(config: StudentConfig, pretrained: bool = True) -> StudentBase:
     """The student `config.architecture` names; pretrained=False skips weight loading (checkpoint restore)."""
     return student_architecture(config.architecture).build(config, pretrained)
-
-
-def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> StudentBase:
-    """build_student(student_preset(preset, **overrides)), timm-style."""
-    return build_student(student_preset(preset, **overrides), pretrained)
 
 
 def checkpoint_architecture(student_config: dict[str, Any]) -> str:
