@@ -336,6 +336,11 @@ def train(
     ablations: bool = typer.Option(
         False, help="train EpmVG's ablation grid with this run as the baseline (one run per variant in OUT)"
     ),
+    unfrozen_teacher: bool = typer.Option(
+        False,
+        help="with --ablations: add EpmVG's online distillation from a trainable teacher (--teacher, "
+        "--pretrained FILE or none with --allow-random-teacher)",
+    ),
 ) -> None:
     """Train the TransVG student; `torchrun --nproc-per-node N train_student.py ...` for DDP."""
     from pipeline.config_fields import field_names
@@ -349,6 +354,8 @@ def train(
     check_out_dir(out)
     device = resolve_device(device)
     workers = bounded_workers(workers, "--workers")
+    if unfrozen_teacher and not ablations:
+        raise ValueError("--unfrozen-teacher is a variant of the ablation grid: add --ablations")
     try:
         overrides = parse_field_assignments(student_set)
     except ValueError as error:
@@ -373,7 +380,7 @@ def train(
     train_flags.update(teacher_model=teacher, teacher_pretrained=pretrained)
     config = apply_settings(TrainConfig(**train_flags), parsed_settings)
     if ablations:
-        results = run_ablations(config)
+        results = run_ablations(config, unfrozen_teacher=unfrozen_teacher)
         if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
             typer.echo(f"results: {results}")
     else:
@@ -501,6 +508,14 @@ def ablations(
     batch_size: int = typer.Option(64),
     device: str = DEVICE,
     quick: bool = typer.Option(False, help="CPU-sized grid: tiny student, 32 samples, 1 epoch"),
+    unfrozen_teacher: bool = typer.Option(
+        False,
+        help="add EpmVG's online distillation from a trainable teacher: the demo's random teacher when "
+        "the cache is built here, else --teacher with --pretrained FILE",
+    ),
+    teacher: str = typer.Option("ViT-B-16", help="--unfrozen-teacher with --cache: open_clip model or JSON"),
+    pretrained: str = typer.Option("openai", help="--unfrozen-teacher with --cache: checkpoint file or none"),
+    allow_random_teacher: bool = typer.Option(False),
 ) -> None:
     """EpmVG's ablation grid (cosine vs L1, image/text only, lambda sweep, no distillation) on one cache;
     with an LGR-NET student (`--student lgrnet-tiny`), LGR-NET's grid (pipeline/engine/ablations.py).
@@ -510,6 +525,8 @@ def ablations(
     Without --cache the store is the one under CACHE_ROOT/<dataset> built for these data; on shapes
     only, when none is, a demo store of a RANDOM-weight tiny teacher is built in OUT/cache.
     """
+    import dataclasses
+
     from pipeline.cache_job import CacheJobConfig, build_cache
     from pipeline.demo import demo_teacher, ensure_shapes, quick_ablation_base
     from pipeline.engine.ablations import run_ablations
@@ -530,11 +547,13 @@ def ablations(
             "a RANDOM-weight tiny teacher (demo only; `make cache DATASET=shapes` for a real one)",
             fg="yellow",
         )
+        here = demo_teacher()  # the unfrozen-teacher variant then trains this teacher online
+        teacher, pretrained, allow_random_teacher = here.model, here.pretrained, here.allow_random
         cache = build_cache(
             CacheJobConfig(
                 dataset=dataset,
                 data_root=data_root,
-                teacher=demo_teacher(),
+                teacher=here,
                 out=out / "cache",
                 decode_workers=0,
                 skip_missing=True,
@@ -553,7 +572,14 @@ def ablations(
             batch_size=batch_size,
             device=device,
         )
-    typer.echo(f"results: {run_ablations(base)}")
+    if unfrozen_teacher:  # the teacher the online variant trains (the cached variants read the store)
+        base = dataclasses.replace(
+            base,
+            teacher_model=teacher,
+            teacher_pretrained=pretrained,
+            allow_random_teacher=allow_random_teacher,
+        )
+    typer.echo(f"results: {run_ablations(base, unfrozen_teacher=unfrozen_teacher)}")
 
 
 def _found_store(dataset: str, data_root: Path, cache_root: Path) -> Path:

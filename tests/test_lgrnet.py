@@ -13,14 +13,13 @@ from pipeline.losses import LossConfig, info_nce_loss, layer_summed_box_loss
 from pipeline.student import (
     STUDENTS,
     LGRNet,
-    StudentOutput,
+    LGRNetOutput,
     build_tokenizer,
     create_student,
     load_student_weights,
     student_preset,
     tokenize,
 )
-from pipeline.student.config import ARCHITECTURES
 from pipeline.student.lgrnet import coarser_scale, fuse_levels, visual_token_count
 from pipeline.student.position import sine_coordinate_embedding
 
@@ -78,7 +77,7 @@ def test_the_layer_summed_loss_by_hand():
     box, giou = layer_summed_box_loss(torch.stack([exact, shifted]), target, "l1")
     assert box.item() == pytest.approx(0.1, abs=1e-6)
     assert giou.item() == pytest.approx(2 / 3, abs=1e-5)  # torchvision adds an eps
-    output = StudentOutput(
+    output = LGRNetOutput(
         box=shifted,
         vls=torch.zeros(1, 2),
         cls=torch.zeros(1, 2),
@@ -103,7 +102,7 @@ def lgrnet_loss(output, box, config=None):
 def test_lambda_weighs_the_alignment_term():
     torch.manual_seed(0)
     layer_boxes = torch.rand(3, 4, 4) * 0.5 + 0.25
-    output = StudentOutput(
+    output = LGRNetOutput(
         box=layer_boxes[-1],
         vls=torch.zeros(4, 8),
         cls=torch.zeros(4, 8),
@@ -280,7 +279,7 @@ def test_gradients_reach_every_trainable_parameter(overrides, tokens):
 
 
 def test_every_configurable_architecture_is_registered():
-    assert tuple(STUDENTS) == ARCHITECTURES
+    assert tuple(STUDENTS) == ("transvg", "lgrnet")
     assert isinstance(create_student("lgrnet-tiny"), LGRNet)
     with pytest.raises(ValueError, match="architecture must be one of"):
         student_preset("tiny", architecture="lgr")

@@ -12,7 +12,7 @@ from pipeline.losses import (
     pool_teacher,
 )
 from pipeline.metrics import accuracy_at, box_iou_pairs
-from pipeline.student import STUDENTS, StudentOutput
+from pipeline.student import STUDENTS, TransVGOutput
 
 
 def grounding_loss(output, box, teacher_image=None, teacher_text=None, config=None):
@@ -120,9 +120,9 @@ def test_distillation_trains_the_teacher_only_when_asked():
     assert teacher.grad is not None and teacher.grad.abs().sum() > 0
 
 
-def _output() -> StudentOutput:
+def _output() -> TransVGOutput:
     # box: smooth-L1 0.5·(0.2² + 0.2²) = 0.04; xyxy (.4,.4,.6,.6) inside (.3,.3,.7,.7) → IoU = GIoU = 0.25
-    return StudentOutput(
+    return TransVGOutput(
         box=torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
         vls=torch.tensor([[1.0, 0.0]]),  # vs pooled [0, 5]: cosine loss 1, L1 (1 + 5)/2 = 3
         cls=torch.tensor([[1.0, 0.0]]),  # vs pooled [−1, 0]: cosine loss 2, L1 (2 + 0)/2 = 1
@@ -176,7 +176,8 @@ def test_without_teacher_it_is_plain_transvg():
 
 
 def test_low_precision_outputs_give_a_float32_loss():
-    output = StudentOutput(*(field.to(torch.bfloat16) for field in _output() if field is not None))
+    plain = _output()
+    output = TransVGOutput(*(getattr(plain, name).to(torch.bfloat16) for name in ("box", "vls", "cls")))
     terms = grounding_loss(output, GT_BOX, TEACHER_IMAGE.half(), TEACHER_TEXT.half())
     assert terms["total"].dtype == torch.float32
     assert terms["total"].item() == pytest.approx(6.29, abs=1e-2)

@@ -1,5 +1,6 @@
 """The TransVG student on the random `tiny` preset: shapes, padding masks, gradients, optimizer groups."""
 
+import dataclasses
 import functools
 import pickle
 
@@ -56,7 +57,9 @@ def run(model: TransVG, pixels, pixel_mask, token_ids, token_mask):
 
 
 def assert_same_output(a, b, atol: float = 1e-5) -> None:
-    for name, x, y in zip(a._fields, a, b, strict=True):
+    assert type(a) is type(b)
+    for field in dataclasses.fields(a):
+        name, x, y = field.name, getattr(a, field.name), getattr(b, field.name)
         if x is None or y is None:
             assert x is y, f"{name}: present in only one output"
             continue
@@ -171,7 +174,10 @@ def test_each_sample_is_independent_of_its_batch(model, config, tokenizer):
 
 
 def row_of(output, row: int):
-    return type(output)(*(None if field is None else field[row : row + 1] for field in output))
+    values = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)}
+    return type(output)(
+        **{name: None if value is None else value[row : row + 1] for name, value in values.items()}
+    )
 
 
 def test_smaller_inputs_reuse_the_top_left_positions(model, config):

@@ -2,14 +2,14 @@
 
 The baseline is a whole TrainConfig, so the grid runs with whatever the baseline run uses (DETR
 initialisation, schedule, DDP under torchrun, `--resume` of an interrupted grid). Which grid runs
-follows the baseline's student architecture (`ABLATION_GRIDS`): EpmVG's distillation grid for
-TransVG, LGR-NET's paper ablations for LGR-NET.
+follows the baseline's student architecture: each architecture names its grid in the student registry
+(`pipeline/student/registry.py`): EpmVG's distillation grid for TransVG, LGR-NET's paper ablations for
+LGR-NET. A grid function takes (base, unfrozen_teacher) and returns variant name → changes.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,24 @@ from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, shutdown_distributed
 from pipeline.engine.setup import student_config_for
 from pipeline.engine.train import Trainer
+from pipeline.losses import LossConfig
+from pipeline.student import student_architecture
 
 LGRNET_LAYERS = (1, 2, 4, 6)
+GIOU_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+UNFROZEN_TEACHER = "unfrozen teacher"
 
 
-def ablation_grid() -> dict[str, dict[str, Any]]:
-    """EpmVG's ablations: name → changes to the baseline run (the paper's full method)."""
+def ablation_grid(
+    base: TrainConfig | None = None, unfrozen_teacher: bool = False
+) -> dict[str, dict[str, Any]]:
+    """EpmVG's ablations: name → changes to the baseline run (the paper's full method).
+
+    The λ sweep leaves out the baseline's own λ (1 by default): the baseline already trains it.
+    unfrozen_teacher adds Table 4's online distillation from a trainable teacher, which needs the
+    baseline's teacher weights at hand (`check_teacher_at_hand`).
+    """
+    baseline_lambda = base.loss.giou_weight if base is not None else LossConfig().giou_weight
     grid: dict[str, dict[str, Any]] = {
         "epmvg (cosine)": {},
         "l1 distillation": {"loss": {"distill": "l1"}},
@@ -32,18 +44,43 @@ def ablation_grid() -> dict[str, dict[str, Any]]:
         "text term only": {"loss": {"image_term": False}},
         "no distillation": {"distill": "none"},
     }
-    for giou_weight in (0.0, 0.5, 1.0, 1.5, 2.0):
-        grid[f"lambda={giou_weight}"] = {"loss": {"giou_weight": giou_weight}}
+    for giou_weight in GIOU_WEIGHTS:
+        if giou_weight != baseline_lambda:
+            grid[f"lambda={giou_weight}"] = {"loss": {"giou_weight": giou_weight}}
+    if unfrozen_teacher:
+        if base is None:
+            raise ValueError("the unfrozen-teacher variant needs the baseline run's teacher")
+        check_teacher_at_hand(base)
+        grid[UNFROZEN_TEACHER] = {"distill": "online", "teacher_trainable": True}
     return grid
 
 
-def lgrnet_ablation_grid(base: TrainConfig) -> dict[str, dict[str, Any]]:
+def check_teacher_at_hand(base: TrainConfig) -> None:
+    """Refuse, in one line, a baseline whose teacher would need a download: its weights must be a local
+    file (`--pretrained FILE`) or random on purpose (`--pretrained none --allow-random-teacher`), the
+    two kinds `pipeline.teacher` loads without the hub; an open_clip tag is refused."""
+    weights = base.teacher_pretrained
+    if weights == "none" and base.allow_random_teacher:
+        return
+    if weights != "none" and Path(weights).is_file():
+        return
+    raise ValueError(
+        f"the unfrozen-teacher variant trains the teacher online, but the baseline's teacher weights "
+        f"{weights!r} are not at hand: pass --pretrained FILE (a local open_clip checkpoint) with "
+        "--teacher MODEL"
+    )
+
+
+def lgrnet_ablation_grid(base: TrainConfig, unfrozen_teacher: bool = False) -> dict[str, dict[str, Any]]:
     """LGR-NET's ablations around the baseline run (its preset's N layers, λ = loss.align_weight):
     coordinate embedding off, concat instead of add, L_align off (λ = 0) at the baseline batch and at
     half of it (L_align's negatives are the batch), N ∈ {1, 2, 4, 6}, two prediction tokens.
 
-    "student" changes are StudentConfig fields, merged over the baseline's own overrides.
+    "student" changes are StudentConfig fields, merged over the baseline's own overrides. The
+    unfrozen-teacher variant is EpmVG's (Table 4) and is refused here.
     """
+    if unfrozen_teacher:
+        raise ValueError("the unfrozen-teacher variant belongs to EpmVG's grid (transvg), not LGR-NET's")
     layers = student_config_for(base).vl_layers
     weight, batch = base.loss.align_weight, base.batch_size
     half = max(2, batch // 2)
@@ -62,20 +99,10 @@ def lgrnet_ablation_grid(base: TrainConfig) -> dict[str, dict[str, Any]]:
     return grid
 
 
-def _epmvg_grid(base: TrainConfig) -> dict[str, dict[str, Any]]:
-    return ablation_grid()
-
-
-# Keyed by StudentConfig.architecture, like the student registry.
-ABLATION_GRIDS: dict[str, Callable[[TrainConfig], dict[str, dict[str, Any]]]] = {
-    "transvg": _epmvg_grid,
-    "lgrnet": lgrnet_ablation_grid,
-}
-
-
-def grid_for(base: TrainConfig) -> dict[str, dict[str, Any]]:
-    """The ablation grid of the baseline's student architecture."""
-    return ABLATION_GRIDS[student_config_for(base).architecture](base)
+def grid_for(base: TrainConfig, unfrozen_teacher: bool = False) -> dict[str, dict[str, Any]]:
+    """The ablation grid the baseline's student architecture registers."""
+    grid = student_architecture(student_config_for(base).architecture).ablation_grid
+    return grid(base, unfrozen_teacher=unfrozen_teacher)
 
 
 def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any]) -> TrainConfig:
@@ -96,17 +123,22 @@ def ablation_config(base: TrainConfig, name: str, changes: dict[str, Any]) -> Tr
     return replace(base, loss=loss, student_overrides=student, out=out, resume=resume, **updates)
 
 
-def run_ablations(base: TrainConfig) -> Path:
-    """Train every variant of the baseline's grid (`grid_for`); write results.md and results.csv into
-    `base.out`.
+def run_ablations(base: TrainConfig, unfrozen_teacher: bool = False) -> Path:
+    """Train every variant of the baseline's grid (`grid_for`; `unfrozen_teacher` adds EpmVG's online
+    distillation with a trainable teacher); write results.md and results.csv into `base.out`.
 
-    Under torchrun the variants share one process group, which is left only after the last.
+    Every variant's config is built (and checked) before the first one trains. Under torchrun the
+    variants share one process group, which is left only after the last.
     """
     accuracies: dict[str, dict[str, float]] = {}
+    configs = {
+        name: ablation_config(base, name, changes)
+        for name, changes in grid_for(base, unfrozen_teacher).items()
+    }
     env = DistEnv()
     try:
-        for name, changes in grid_for(base).items():
-            trainer = Trainer(ablation_config(base, name, changes))
+        for name, config in configs.items():
+            trainer = Trainer(config)
             env = trainer.env
             summary = trainer.fit()
             del trainer  # its model, optimizer state and workers go before the next variant's are built

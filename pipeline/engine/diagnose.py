@@ -6,8 +6,11 @@ stop reading the image. These probes tell, for one batch of a split:
 - box_dependence: how far the predicted box (cx, cy, w, h) moves when only the image changes (the
   batch's images under the first sample's text) and when only the text changes (the first sample's
   image under the batch's texts), as standard deviations over the batch;
-- reg_attention: where the [REG] token's attention goes in the first fusion layer (itself, visual
-  tokens, text tokens), averaged over the batch.
+- reg_attention: where the box-predicting token's attention goes in the first layer that mixes it
+  with the other tokens (itself, visual tokens, text tokens), averaged over the batch: TransVG's
+  [REG] in its first fusion layer, LGR-NET's prediction token in its first TCA (which sees no text
+  tokens: the text share is 0 there). Each student provides it (`StudentBase.prediction_attention`),
+  so the probes work for every registered architecture.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import Any
 
 import torch
 
-from pipeline.student import TransVG
+from pipeline.student import StudentBase
 
 
 @torch.no_grad()
-def box_dependence(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
+def box_dependence(model: StudentBase, batch: dict[str, Any]) -> dict[str, float]:
     """Mean over (cx, cy, w, h) of the box's std when only the image, or only the text, varies."""
     pixels, pixel_mask = batch["pixels"], batch["pixel_mask"]
     token_ids, token_mask = batch["token_ids"], batch["token_mask"]
@@ -37,24 +40,17 @@ def box_dependence(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reg_attention(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
-    """Share of the [REG] token's attention on itself / visual / text tokens in the first fusion layer."""
-    inputs = model.fusion_inputs(*(batch[key] for key in ("pixels", "pixel_mask", "token_ids", "token_mask")))
-    query_key = inputs.tokens + inputs.pos
-    attention = model.vl_encoder.layers[0].self_attn
-    _, weights = attention(
-        query_key, query_key, inputs.tokens, key_padding_mask=inputs.pad_mask, need_weights=True
-    )
-    reg_weights = weights[:, 0].float()  # [B, tokens], averaged over heads
-    visual_end = 1 + inputs.visual_count
-    return {
-        "reg_attention_self": float(reg_weights[:, 0].mean()),
-        "reg_attention_visual": float(reg_weights[:, 1:visual_end].sum(-1).mean()),
-        "reg_attention_text": float(reg_weights[:, visual_end:].sum(-1).mean()),
-    }
+def reg_attention(model: StudentBase, batch: dict[str, Any]) -> dict[str, float]:
+    """Share of the box-predicting token's attention on itself / visual / text tokens in the first
+    layer that mixes them."""
+    raw = (batch[key] for key in ("pixels", "pixel_mask", "token_ids", "token_mask"))
+    pixels, pixel_mask, token_ids, token_mask = raw
+    features, pad, states = model.resolve_inputs(pixels, pixel_mask, token_ids, token_mask)
+    shares = model.prediction_attention(features, pad, states, token_mask)
+    return {f"reg_attention_{part}": float(shares[part].mean()) for part in ("self", "visual", "text")}
 
 
-def diagnose(model: TransVG, batch: dict[str, Any]) -> dict[str, float]:
+def diagnose(model: StudentBase, batch: dict[str, Any]) -> dict[str, float]:
     """Both probes on one collated batch (eval mode: dropout would blur them)."""
     model.eval()
     return {**box_dependence(model, batch), **reg_attention(model, batch)}

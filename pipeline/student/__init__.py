@@ -4,17 +4,19 @@ LGR-NET, picked by `StudentConfig.architecture` through `registry.py`."""
 from pipeline.student.backbone import pixel_normalization
 from pipeline.student.config import (
     StudentConfig,
+    create_student,
     list_student_presets,
     parse_field_assignments,
     student_preset,
 )
 from pipeline.student.inputs import make_collate, transform_config_for
 from pipeline.student.lgrnet import LGRNet
-from pipeline.student.model import StudentBase, StudentOutput, TransVG, param_groups
+from pipeline.student.model import Branch, StudentBase, TransVG, param_groups
+from pipeline.student.output import LGRNetOutput, StudentOutput, TransVGOutput
 from pipeline.student.registry import (
     STUDENTS,
+    StudentArchitecture,
     build_student,
-    create_student,
     load_student_weights,
     student_architecture,
 )
@@ -23,13 +25,17 @@ from pipeline.student.weights import WeightsUnavailableError
 
 __all__ = [
     "STUDENTS",
+    "Branch",
     "LGRNet",
+    "LGRNetOutput",
+    "StudentArchitecture",
     "StudentBase",
     "load_student_weights",
     "student_architecture",
     "StudentConfig",
     "StudentOutput",
     "TransVG",
+    "TransVGOutput",
     "WeightsUnavailableError",
     "build_student",
     "build_tokenizer",

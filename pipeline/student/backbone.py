@@ -1,5 +1,9 @@
 """The CNN of the visual branch: a timm features-only model giving one stage (by default its last), or
-the last three (`PyramidBackbone`, LGR-NET's strides 8/16/32)."""
+the last three (`PyramidBackbone`, LGR-NET's strides 8/16/32).
+
+Maps leave both wrappers as NCHW: a body that emits channels-last maps (timm's Swin and other
+transformers with `features_only`, `output_fmt` "NHWC") is permuted once here, so a student never
+sees the difference."""
 
 from __future__ import annotations
 
@@ -21,6 +25,19 @@ from pipeline.student.weights import (
 )
 
 
+def emits_channels_last(body: nn.Module) -> bool:
+    """Whether a timm features-only body returns [B, h, w, C] maps (its `output_fmt`, NCHW if absent)."""
+    return str(getattr(body, "output_fmt", "NCHW")).upper().endswith("NHWC")
+
+
+def body_levels(body: nn.Module, pixels: Tensor, channels_last: bool) -> list[Tensor]:
+    """The body's feature maps, each as [B, C, h, w]."""
+    levels = body(pixels)
+    if channels_last:
+        levels = [level.permute(0, 3, 1, 2) for level in levels]
+    return levels
+
+
 class Backbone(nn.Module):
     """timm CNN → last feature map [B, C, h, w] and the pixel mask downsampled to it (True = padding)."""
 
@@ -29,9 +46,10 @@ class Backbone(nn.Module):
         self.body = body
         self.num_channels: int = body.feature_info.channels()[-1]
         self.stride: int = body.feature_info.reduction()[-1]
+        self.nhwc = emits_channels_last(body)
 
     def forward(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.body(pixels)[-1]
+        features = body_levels(self.body, pixels, self.nhwc)[-1]
         mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:], mode="nearest")
         return features, mask[:, 0].bool()
 
@@ -50,9 +68,10 @@ class PyramidBackbone(nn.Module):
         if any(coarse != 2 * fine for fine, coarse in zip(reductions, reductions[1:], strict=False)):
             raise ValueError(f"a feature pyramid needs strides that double per level, got {reductions}")
         self.stride: int = reductions[-1]
+        self.nhwc = emits_channels_last(body)
 
     def forward(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[list[Tensor], Tensor]:
-        levels = self.body(pixels)
+        levels = body_levels(self.body, pixels, self.nhwc)
         mask = F.interpolate(pixel_mask[:, None].float(), size=levels[-1].shape[-2:], mode="nearest")
         return levels, mask[:, 0].bool()
 
@@ -104,6 +123,7 @@ def _create_body(config: StudentConfig, timm_pretrained: bool, out_indices: tupl
             pretrained=timm_pretrained,
             features_only=True,
             out_indices=out_indices,
+            **config.backbone_options,
         )
     except OSError as error:  # hub download failed: no network and nothing cached
         raise WeightsUnavailableError(f"{backbone_weights_hint(config.backbone)} ({error})") from error

@@ -10,8 +10,9 @@
   (as transvg-r50-random); lgrnet-shapes: a CPU-sized LGR-NET for the shapes data (frozen packaged
   EfficientNet-Lite0 + MiniLM, as `shapes`); lgrnet-tiny: random and tiny, for tests.
 
-`architecture` picks the model class (`pipeline/student/registry.py`); the other fields are shared
-where both students have the part (backbone, text encoder, width, heads, FFN, dropout, input size).
+`architecture` picks the model class (`pipeline/student/registry.py`, the one list of students); the
+other fields are shared where both students have the part (backbone, text encoder, width, heads, FFN,
+dropout, input size).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pipeline.student.registry import STUDENTS, build_student
+
+if TYPE_CHECKING:
+    from pipeline.student.model import StudentBase
 
 PRESET_PACKAGE = "pipeline"
 PRESET_FOLDER = ("configs", "student")
 VISUAL_POSITIONS = ("attention", "tokens")
-# The student classes `registry.py` builds; named here so a bad value fails while parsing a config.
-ARCHITECTURES = ("transvg", "lgrnet")
 COORD_FUSIONS = ("add", "concat")
 
 
@@ -55,7 +59,10 @@ class StudentConfig:
     cell_head: a linear head on the fusion's visual output tokens that says, per cell, whether the
     cell's centre lies in the referred box; trained by `target_cell_loss` (not in TransVG or EpmVG:
     a dense auxiliary that lets a small CPU budget learn which object the text means).
-    architecture: "transvg" or "lgrnet" (see `pipeline/student/lgrnet.py`). LGR-NET reads vl_layers as
+    backbone_options: extra keyword arguments to timm.create_model (e.g. a small Swin's embed_dim,
+    depths, num_heads, img_size, window_size); channels-last (NHWC) feature maps are accepted.
+    architecture: a name in `pipeline/student/registry.py`, "transvg" or "lgrnet" (see
+    `pipeline/student/lgrnet.py`). LGR-NET reads vl_layers as
     its N reasoning layers and ignores visual_layers, backbone_out_index and visual_position (it has
     no visual encoder and always takes the last three feature levels, strides 8/16/32).
     coord_embedding, coord_fusion, prediction_tokens: LGR-NET only. coord_embedding=False drops the
@@ -67,6 +74,7 @@ class StudentConfig:
     architecture: str = "transvg"
 
     backbone: str = "resnet50"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str = "timm"
     frozen_backbone_stages: int = 2
     backbone_out_index: int = -1
@@ -93,8 +101,8 @@ class StudentConfig:
     prediction_tokens: int = 1
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.architecture not in STUDENTS:  # the registry: a bad name fails while parsing a config
+            raise ValueError(f"architecture must be one of {tuple(STUDENTS)}, not {self.architecture!r}")
         if self.coord_fusion not in COORD_FUSIONS:
             raise ValueError(f"coord_fusion must be one of {COORD_FUSIONS}, not {self.coord_fusion!r}")
         if self.prediction_tokens < 1:
@@ -147,6 +155,11 @@ def student_preset(name: str, **overrides: Any) -> StudentConfig:
     if not entry.is_file():
         raise ValueError(f"unknown student preset {name!r}; available: {list_student_presets()}")
     return StudentConfig.from_dict({**json.loads(entry.read_text()), **overrides})
+
+
+def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> StudentBase:
+    """build_student(student_preset(preset, **overrides)), timm-style."""
+    return build_student(student_preset(preset, **overrides), pretrained)
 
 
 def parse_field_assignments(assignments: Sequence[str]) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from torchvision.ops import MLP
 
 from pipeline.student.backbone import build_pyramid_backbone
 from pipeline.student.config import StudentConfig
-from pipeline.student.model import StudentBase, StudentOutput
+from pipeline.student.model import StudentBase
+from pipeline.student.output import LGRNetOutput
 from pipeline.student.position import sine_coordinate_embedding, sine_position_encoding
 from pipeline.student.text import build_text_encoder
 
@@ -147,8 +148,8 @@ class ReasoningLayer(nn.Module):
 
 
 class LGRNet(StudentBase):
-    """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L] True=real),
-    the same inputs and output type as TransVG, plus per-layer boxes, f_obj, f_sent and coord."""
+    """The same inputs as TransVG (`StudentBase.forward`); an `LGRNetOutput`: the box and [VLS]/[CLS],
+    plus per-layer boxes, f_obj, f_sent and coord."""
 
     def __init__(self, config: StudentConfig, pretrained: bool = True) -> None:
         super().__init__()
@@ -177,39 +178,34 @@ class LGRNet(StudentBase):
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
 
-    def forward(
-        self,
-        pixels: Tensor | None = None,
-        pixel_mask: Tensor | None = None,
-        token_ids: Tensor | None = None,
-        token_mask: Tensor | None = None,
-        *,
-        backbone_features: Tensor | None = None,
-        feature_pad: Tensor | None = None,
-        text_states: Tensor | None = None,
-    ) -> StudentOutput:
-        """Boxes for (pixels, tokens), or for the frozen branches' outputs computed once
-        (backbone_features, feature_pad, text_states, token_mask), as TransVG."""
-        if backbone_features is None:
-            backbone_features, feature_pad = self.backbone_features(pixels, pixel_mask)
-        if text_states is None:
-            text_states = self.text_states(token_ids, token_mask)
-        visual, visual_pad, visual_pos = self.visual_tokens(backbone_features, feature_pad)
+    def reasoning_inputs(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """X0 = [prediction tokens, visual tokens] with their positions and padding, the projected
+        text, and the TFE's coord and p_coord: (tokens, pos, pad, text, coord, p_coord)."""
+        visual, visual_pad, visual_pos = self.visual_tokens(features, feature_pad)
         text = self.text_proj(text_states)
-        h_cls = text[:, 0]
-        coord, p_coord = self.tfe.coordinate(h_cls)
+        coord, p_coord = self.tfe.coordinate(text[:, 0])
         count = self.config.prediction_tokens
         batch = visual.shape[0]
         tokens = torch.cat([self.prediction_tokens.expand(batch, -1, -1).to(visual.dtype), visual], dim=1)
         pos = torch.cat([torch.zeros_like(tokens[:, :count]), visual_pos], dim=1)
         pad = torch.cat([torch.zeros_like(visual_pad[:, :count]), visual_pad], dim=1)
+        return tokens, pos, pad, text, coord, p_coord
+
+    def head(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> LGRNetOutput:
+        tokens, pos, pad, text, coord, p_coord = self.reasoning_inputs(features, feature_pad, text_states)
+        h_cls = text[:, 0]
+        count = self.config.prediction_tokens
         boxes = []
         for layer in self.layers:
             tokens = layer(tokens, pos, pad, text, ~token_mask, p_coord)
             boxes.append(self.predict_box(tokens[:, :count].mean(dim=1)))
         f_p = tokens[:, :count].mean(dim=1)
         layer_boxes = torch.stack(boxes)
-        return StudentOutput(
+        return LGRNetOutput(
             box=layer_boxes[-1],
             vls=tokens[:, count],
             cls=h_cls,
@@ -220,6 +216,21 @@ class LGRNet(StudentBase):
             log_temperature=self.log_temperature,
         )
 
+    def prediction_attention(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """The prediction tokens' attention in the first layer's TCA (Eq. 3-5), averaged over them.
+        TCA attends over the prediction and visual tokens only (the text enters through TCF's
+        cross-attention), so the "text" share is 0 by construction."""
+        tokens, pos, pad, _, _, p_coord = self.reasoning_inputs(features, feature_pad, text_states)
+        layer = self.layers[0]
+        query = layer.queries(tokens, pos, p_coord)
+        _, weights = layer.self_attn(query, query, tokens, key_padding_mask=pad, need_weights=True)
+        count = self.config.prediction_tokens
+        prediction = weights[:, :count].float().mean(dim=1)  # [B, P + Nv]
+        own = prediction[:, :count].sum(-1)
+        return {"self": own, "visual": prediction[:, count:].sum(-1), "text": torch.zeros_like(own)}
+
     def predict_box(self, f_p: Tensor) -> Tensor:
         """Eq. 7: box = sigmoid(MLP(f_p)) [B, 4] cxcywh, in float32 even under bf16 autocast (see TransVG)."""
         with torch.autocast(f_p.device.type, enabled=False):
@@ -229,10 +240,7 @@ class LGRNet(StudentBase):
         """The three backbone levels mean-pooled to the stride-32 grid and stacked on channels
         [B, C8 + C16 + C32, h, w], with the padding mask [B, h, w]: everything before the trainable
         1×1 convs (which commute with the pooling, see the module docstring)."""
-        pixels = pixels.masked_fill(pixel_mask[:, None], 0.0)  # mean-colour padding, as TransVG
-        if self.config.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        levels, pad = self.backbone(pixels, pixel_mask)
+        levels, pad = self.backbone(self.backbone_input(pixels, pixel_mask), pixel_mask)
         size = levels[-1].shape[-2:]
         return torch.cat([F.adaptive_avg_pool2d(level, size) for level in levels], dim=1), pad
 

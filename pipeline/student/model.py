@@ -8,6 +8,7 @@ embeddings.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,22 +19,10 @@ from torchvision.ops import MLP
 from pipeline.student.backbone import build_backbone
 from pipeline.student.config import StudentConfig
 from pipeline.student.detr import load_detr_visual_weights
+from pipeline.student.output import StudentOutput, TransVGOutput
 from pipeline.student.position import sine_position_encoding
 from pipeline.student.text import build_text_encoder
 from pipeline.student.transformer import Encoder
-
-
-class StudentOutput(NamedTuple):
-    box: Tensor  # [B, 4] normalised (cx, cy, w, h) in (0, 1)
-    vls: Tensor  # [B, D]
-    cls: Tensor  # [B, D]
-    cell_logits: Tensor | None = None  # [B, h·w] "is this cell inside the box?" (config.cell_head)
-    # LGR-NET only (pipeline/student/lgrnet.py):
-    layer_boxes: Tensor | None = None  # [N, B, 4] one box per reasoning layer; box = layer_boxes[-1]
-    f_obj: Tensor | None = None  # [B, D] FFN_obj(prediction token), L_align's object side
-    f_sent: Tensor | None = None  # [B, D] FFN_S(text [CLS]), L_align's sentence side (Eq. 2)
-    coord: Tensor | None = None  # [B, 2] the TFE's (x, y) of the referent (Eq. 1); None when off
-    log_temperature: Tensor | None = None  # [] log τ of L_align, learnable
 
 
 class FusionInputs(NamedTuple):
@@ -45,19 +34,102 @@ class FusionInputs(NamedTuple):
     visual_count: int  # V: visual tokens sit at 1 .. V, text tokens after them
 
 
+@dataclass(frozen=True)
+class Branch:
+    """A part of a student that may start from pretrained weights: its modules, and whether they do
+    under the student's config (then `param_groups` gives them `lr_pretrained`)."""
+
+    modules: tuple[nn.Module, ...]
+    pretrained: bool
+
+
 class StudentBase(nn.Module):
-    """What every student shares: a text encoder read the same way, and frozen branches kept in eval
-    mode. A subclass has `config`, `backbone` and `text_encoder`."""
+    """What every student shares: the forward template (both input layouts resolved once, then the
+    student's `head`), a text encoder read the same way, frozen branches kept in eval mode, and its
+    pretrained branches declared for `param_groups`. A subclass has `config`, `backbone` and
+    `text_encoder`, and implements `backbone_features`, `head` and `prediction_attention`."""
 
     config: StudentConfig
     backbone: nn.Module
     text_encoder: nn.Module
+
+    def forward(
+        self,
+        pixels: Tensor | None = None,
+        pixel_mask: Tensor | None = None,
+        token_ids: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        *,
+        backbone_features: Tensor | None = None,
+        feature_pad: Tensor | None = None,
+        text_states: Tensor | None = None,
+    ) -> StudentOutput:
+        """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L]
+        True=real); or, when the frozen branches' outputs were computed once (`precomputed_inputs`),
+        forward(backbone_features=, feature_pad=, text_states=, token_mask=)."""
+        features, pad, states = self.resolve_inputs(
+            pixels, pixel_mask, token_ids, token_mask, backbone_features, feature_pad, text_states
+        )
+        return self.head(features, pad, states, token_mask)
+
+    def resolve_inputs(
+        self,
+        pixels: Tensor | None,
+        pixel_mask: Tensor | None,
+        token_ids: Tensor | None,
+        token_mask: Tensor,
+        backbone_features: Tensor | None = None,
+        feature_pad: Tensor | None = None,
+        text_states: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(backbone features, their padding, text states): run the frozen-able branches on whatever
+        was not given precomputed (backbone first, then the text encoder)."""
+        if backbone_features is None:
+            backbone_features, feature_pad = self.backbone_features(pixels, pixel_mask)
+        if text_states is None:
+            text_states = self.text_states(token_ids, token_mask)
+        return backbone_features, feature_pad, text_states
+
+    def backbone_features(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The frozen-able visual part's output [B, C, h, w] and its padding mask [B, h, w]."""
+        raise NotImplementedError
+
+    def head(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> StudentOutput:
+        """Everything after the backbone and the text encoder."""
+        raise NotImplementedError
+
+    def prediction_attention(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """For `epmvg diagnose`: where the token that predicts the box ([REG], LGR-NET's prediction
+        token) attends in the first layer that mixes it with the other tokens, as shares [B] on
+        "self", "visual" and "text" tokens (averaged over heads; they sum to 1)."""
+        raise NotImplementedError
+
+    def backbone_input(self, pixels: Tensor, pixel_mask: Tensor) -> Tensor:
+        """Pixels with the padding at the mean colour (0 after normalisation, as TransVG pads), which
+        makes the output independent of whatever a loader left there; channels-last if configured."""
+        pixels = pixels.masked_fill(pixel_mask[:, None], 0.0)
+        if self.config.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
 
     def text_states(self, token_ids: Tensor, token_mask: Tensor) -> Tensor:
         """The text encoder's token states [B, L, H] (before the projection to D)."""
         if token_ids.shape[1] > self.config.max_query_len:
             raise ValueError(f"{token_ids.shape[1]} tokens exceed max_query_len={self.config.max_query_len}")
         return self.text_encoder(input_ids=token_ids, attention_mask=token_mask.long()).last_hidden_state
+
+    def pretrained_branches(self) -> dict[str, Branch]:
+        """Group name → the branch's modules, in `param_groups`' order; everything else is "head".
+        Every student: the backbone and the text encoder."""
+        config = self.config
+        return {
+            "backbone": Branch((self.backbone,), config.backbone_weights != "none"),
+            "text_encoder": Branch((self.text_encoder,), config.text_encoder_weights != "none"),
+        }
 
     @property
     def input_branches(self) -> tuple[nn.Module, nn.Module]:
@@ -81,7 +153,7 @@ class StudentBase(nn.Module):
 
 
 class TransVG(StudentBase):
-    """forward(pixels [B,3,S,S], pixel_mask [B,S,S] True=pad, token_ids [B,L], token_mask [B,L] True=real)."""
+    """[REG] + visual tokens (CNN + transformer encoder) + text tokens → fusion transformer → box."""
 
     def __init__(self, config: StudentConfig, pretrained: bool = True) -> None:
         super().__init__()
@@ -108,28 +180,21 @@ class TransVG(StudentBase):
         if pretrained and config.visual_init:
             load_detr_visual_weights(self, Path(config.visual_init))
 
-    def forward(
-        self,
-        pixels: Tensor | None = None,
-        pixel_mask: Tensor | None = None,
-        token_ids: Tensor | None = None,
-        token_mask: Tensor | None = None,
-        *,
-        backbone_features: Tensor | None = None,
-        feature_pad: Tensor | None = None,
-        text_states: Tensor | None = None,
-    ) -> StudentOutput:
-        """The box for (pixels, tokens); or, when the frozen branches' outputs were computed once
-        (`precomputed_inputs`), for (backbone_features, feature_pad, text_states, token_mask)."""
-        inputs = self.fusion_inputs(
-            pixels,
-            pixel_mask,
-            token_ids,
-            token_mask,
-            backbone_features=backbone_features,
-            feature_pad=feature_pad,
-            text_states=text_states,
-        )
+    def pretrained_branches(self) -> dict[str, Branch]:
+        """The backbone, the visual transformer (input projection and encoder: pretrained only with a
+        DETR initialisation, as in TransVG; otherwise they are head) and the text encoder."""
+        config = self.config
+        detr = bool(config.visual_init)
+        return {
+            "backbone": Branch((self.backbone,), config.backbone_weights != "none" or detr),
+            "visual_transformer": Branch((self.input_proj, self.visual_encoder) if detr else (), detr),
+            "text_encoder": Branch((self.text_encoder,), config.text_encoder_weights != "none"),
+        }
+
+    def head(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> TransVGOutput:
+        inputs = self.fusion_inputs(features, feature_pad, text_states, token_mask)
         fused = self.vl_encoder(inputs.tokens, inputs.pos, inputs.pad_mask)
         # fp32 head and sigmoid under bf16 autocast: bf16 keeps 8 bits of mantissa, about 0.4% of the
         # image per coordinate near 1, which is visible in IoU on small objects.
@@ -137,27 +202,30 @@ class TransVG(StudentBase):
             box = self.box_head(fused[:, 0].float()).sigmoid()
         visual = fused[:, 1 : 1 + inputs.visual_count]
         cells = self.cell_head(visual).squeeze(-1) if self.cell_head is not None else None
-        return StudentOutput(
+        return TransVGOutput(
             box=box, vls=fused[:, 1], cls=fused[:, 1 + inputs.visual_count], cell_logits=cells
         )
 
+    def prediction_attention(
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """[REG]'s attention in the first fusion layer."""
+        inputs = self.fusion_inputs(features, feature_pad, text_states, token_mask)
+        query_key = inputs.tokens + inputs.pos
+        attention = self.vl_encoder.layers[0].self_attn
+        _, weights = attention(
+            query_key, query_key, inputs.tokens, key_padding_mask=inputs.pad_mask, need_weights=True
+        )
+        reg = weights[:, 0].float()  # [B, tokens], averaged over heads
+        visual_end = 1 + inputs.visual_count
+        visual, text = reg[:, 1:visual_end].sum(-1), reg[:, visual_end:].sum(-1)
+        return {"self": reg[:, 0], "visual": visual, "text": text}
+
     def fusion_inputs(
-        self,
-        pixels: Tensor | None,
-        pixel_mask: Tensor | None,
-        token_ids: Tensor | None,
-        token_mask: Tensor,
-        *,
-        backbone_features: Tensor | None = None,
-        feature_pad: Tensor | None = None,
-        text_states: Tensor | None = None,
+        self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
     ) -> FusionInputs:
-        """Encode both branches and lay out [REG] + visual + text with their positions and padding."""
-        if backbone_features is None:
-            backbone_features, feature_pad = self.backbone_features(pixels, pixel_mask)
-        if text_states is None:
-            text_states = self.text_states(token_ids, token_mask)
-        visual, visual_pad, grid_hw = self.visual_tokens(backbone_features, feature_pad)
+        """Lay out [REG] + visual + text tokens with their positions and padding."""
+        visual, visual_pad, grid_hw = self.visual_tokens(features, feature_pad)
         text = self.text_proj(text_states)
         reg = self.reg_token.weight.expand(visual.shape[0], 1, -1)
         tokens = torch.cat([reg, visual, text], dim=1)
@@ -167,12 +235,7 @@ class TransVG(StudentBase):
 
     def backbone_features(self, pixels: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
         """The CNN's feature map [B, C, h, w] and its padding mask [B, h, w]."""
-        # TransVG pads with the mean colour (0 after normalisation); forcing it here makes the output
-        # independent of whatever a loader left in the padding.
-        pixels = pixels.masked_fill(pixel_mask[:, None], 0.0)
-        if self.config.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        features, feature_pad = self.backbone(pixels, pixel_mask)
+        features, feature_pad = self.backbone(self.backbone_input(pixels, pixel_mask), pixel_mask)
         height, width = features.shape[-2:]
         if height > self.grid_size or width > self.grid_size:
             raise ValueError(
@@ -216,32 +279,29 @@ class TransVG(StudentBase):
 def param_groups(
     model: StudentBase, lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 1e-4
 ) -> list[dict[str, Any]]:
-    """AdamW groups: pretrained backbone and text encoder at `lr_pretrained`, the rest at `lr`.
+    """AdamW groups: the student's pretrained branches (`pretrained_branches`) at `lr_pretrained`, the
+    rest ("head") at `lr`.
 
-    Any student: parameters are grouped by their top-level module, `backbone` and `text_encoder`.
-    A branch built with random weights ("none") trains at `lr`; frozen parameters are left out. With a
-    DETR initialisation the visual transformer (input projection and encoder) is pretrained too, and
-    trains at `lr_pretrained` as in TransVG.
+    A branch built with random weights ("none") keeps its group but trains at `lr`; frozen parameters
+    are left out; a group without parameters is dropped. Within a group parameters keep the model's
+    `parameters()` order.
     """
-    config = model.config
-    pretrained = {
-        "backbone": config.backbone_weights != "none" or bool(config.visual_init),
-        "visual_transformer": bool(config.visual_init),
-        "text_encoder": config.text_encoder_weights != "none",
+    branches = model.pretrained_branches()
+    owner = {
+        id(parameter): name
+        for name, branch in branches.items()
+        for module in branch.modules
+        for parameter in module.parameters()
     }
-    visual_transformer = ("input_proj", "visual_encoder") if config.visual_init else ()
-    branch_group = dict.fromkeys(visual_transformer, "visual_transformer")
-    groups: dict[str, list[nn.Parameter]] = {name: [] for name in (*pretrained, "head")}
-    for name, parameter in model.named_parameters():
+    groups: dict[str, list[nn.Parameter]] = {name: [] for name in (*branches, "head")}
+    for parameter in model.parameters():
         if parameter.requires_grad:
-            branch = name.split(".", 1)[0]
-            branch = branch_group.get(branch, branch)
-            groups[branch if branch in pretrained else "head"].append(parameter)
+            groups[owner.get(id(parameter), "head")].append(parameter)
     return [
         {
             "name": name,
             "params": parameters,
-            "lr": lr_pretrained if pretrained.get(name, False) else lr,
+            "lr": lr_pretrained if name in branches and branches[name].pretrained else lr,
             "weight_decay": weight_decay,
         }
         for name, parameters in groups.items()
