@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config_fields import parse_assignments
 from pipeline.student.registry import STUDENTS, build_student
 
 if TYPE_CHECKING:
@@ -165,39 +164,7 @@ def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> St
 def parse_field_assignments(assignments: Sequence[str]) -> dict[str, Any]:
     """`["backbone_out_index=-2", "visual_init=none"]` → typed StudentConfig overrides.
 
-    Each value is converted to its field's annotated type, so a typo'd field or a value of the wrong
-    type fails here, before a model or a data loader is built; `none`/`null` set an optional field to
-    None, and dict fields take JSON.
+    Each value is converted to its field's annotated type (`pipeline/config_fields.py`), so a typo'd
+    field or a value of the wrong type fails here, before a model or a data loader is built.
     """
-    hints = typing.get_type_hints(StudentConfig)
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        name, sep, text = assignment.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ValueError(f"expected FIELD=VALUE, got {assignment!r}")
-        if name not in hints:
-            raise ValueError(f"unknown StudentConfig field {name!r}; known fields: {sorted(hints)}")
-        overrides[name] = _convert(text.strip(), hints[name], name)
-    return overrides
-
-
-def _convert(text: str, annotation: Any, name: str) -> Any:
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if type(None) in options and text.lower() in ("none", "null"):
-        return None
-    target = next(option for option in options if option is not type(None))
-    origin = typing.get_origin(target) or target
-    try:
-        if origin is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if origin is dict:
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError(text)
-            return value
-        return origin(text)
-    except ValueError as error:
-        raise ValueError(f"{name}={text!r}: expected {getattr(target, '__name__', target)}") from error
+    return parse_assignments(StudentConfig, assignments)
