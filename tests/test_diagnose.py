@@ -67,3 +67,21 @@ def test_diagnose_command_reads_a_checkpoint(shapes_root, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["samples"] == 6 and report["box_std_over_images"] > 0
+
+
+def test_diagnose_checkpoint_reads_an_lgrnet_checkpoint(shapes_root, tmp_path):
+    from pipeline.engine.checkpoint import save_checkpoint
+    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.diagnose import diagnose_checkpoint
+
+    torch.manual_seed(0)
+    config = student_preset("lgrnet-tiny", image_size=64)
+    run = TrainConfig(dataset="shapes", data_root=shapes_root, student="lgrnet-tiny", distill="none")
+    checkpoint = tmp_path / "last.pt"
+    payload = {"model": build_student(config).state_dict(), "student_config": config.to_dict()}
+    save_checkpoint(checkpoint, {**payload, "train_config": run.to_dict()})
+    report = diagnose_checkpoint(checkpoint, shapes_root, "train", samples=6)
+    assert report["samples"] == 6 and report["box_std_over_images"] > 0
+    shares = [report[f"reg_attention_{part}"] for part in ("self", "visual", "text")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5) and report["reg_attention_visual"] > 0
+    assert report["reg_attention_text"] == 0.0  # LGR-NET's TCA never sees the text tokens
