@@ -71,7 +71,7 @@ def test_importing_the_registry_imports_no_model():
         "import sys, importlib.util as u; sys.modules['pipeline.student'] = type(sys)('pipeline.student');"
         "sys.modules['pipeline.student'].__path__ = ['pipeline/student'];"
         "import pipeline.student.registry as r, pipeline.student.config as c;"
-        "print(sorted(m for m in ('pipeline.student.model', 'pipeline.student.lgrnet', 'pipeline.losses') "
+        "print(sorted(m for m in ('pipeline.student.model', 'pipeline.student.lgrnet', 'timm') "
         "if m in sys.modules)); print(r.STUDENTS['lgrnet'].model_class.__name__)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
