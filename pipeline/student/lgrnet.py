@@ -182,22 +182,27 @@ class LGRNet(StudentBase):
         self, features: Tensor, feature_pad: Tensor, text_states: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """X0 = [prediction tokens, visual tokens] with their positions and padding, the projected
-        text, and the TFE's coord and p_coord: (tokens, pos, pad, text, coord, p_coord)."""
+        text, its [CLS] h_cls, and the TFE's coord and p_coord:
+        (tokens, pos, pad, text, h_cls, coord, p_coord)."""
         visual, visual_pad, visual_pos = self.visual_tokens(features, feature_pad)
         text = self.text_proj(text_states)
-        coord, p_coord = self.tfe.coordinate(text[:, 0])
+        # One h_cls node for every use (TFE here, [CLS] and f_sent in `head`): two slices of `text`
+        # would sum their gradients in another order, changing LGR-NET's losses in the last bit.
+        h_cls = text[:, 0]
+        coord, p_coord = self.tfe.coordinate(h_cls)
         count = self.config.prediction_tokens
         batch = visual.shape[0]
         tokens = torch.cat([self.prediction_tokens.expand(batch, -1, -1).to(visual.dtype), visual], dim=1)
         pos = torch.cat([torch.zeros_like(tokens[:, :count]), visual_pos], dim=1)
         pad = torch.cat([torch.zeros_like(visual_pad[:, :count]), visual_pad], dim=1)
-        return tokens, pos, pad, text, coord, p_coord
+        return tokens, pos, pad, text, h_cls, coord, p_coord
 
     def head(
         self, features: Tensor, feature_pad: Tensor, text_states: Tensor, token_mask: Tensor
     ) -> LGRNetOutput:
-        tokens, pos, pad, text, coord, p_coord = self.reasoning_inputs(features, feature_pad, text_states)
-        h_cls = text[:, 0]
+        tokens, pos, pad, text, h_cls, coord, p_coord = self.reasoning_inputs(
+            features, feature_pad, text_states
+        )
         count = self.config.prediction_tokens
         boxes = []
         for layer in self.layers:
@@ -222,7 +227,7 @@ class LGRNet(StudentBase):
         """The prediction tokens' attention in the first layer's TCA (Eq. 3-5), averaged over them.
         TCA attends over the prediction and visual tokens only (the text enters through TCF's
         cross-attention), so the "text" share is 0 by construction."""
-        tokens, pos, pad, _, _, p_coord = self.reasoning_inputs(features, feature_pad, text_states)
+        tokens, pos, pad, _, _, _, p_coord = self.reasoning_inputs(features, feature_pad, text_states)
         layer = self.layers[0]
         query = layer.queries(tokens, pos, p_coord)
         _, weights = layer.self_attn(query, query, tokens, key_padding_mask=pad, need_weights=True)
