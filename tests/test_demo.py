@@ -101,7 +101,8 @@ def test_quick_ablations_write_one_table(tmp_path):
     assert all(0.0 <= float(row["val"]) <= 1.0 for row in rows)
     table = (out / "results.md").read_text().splitlines()
     for row in rows:  # a row per variant, its accuracy in percent as in results.csv
-        assert f"| {row['variant']} | {100 * float(row['val']):.2f} |" in table, row
+        line = f"| {row['variant']} | {100 * float(row['val']):.2f} | {100 * float(row['test']):.2f} |"
+        assert line in table, row
 
 
 def test_a_failed_side_run_stops_the_demo_with_its_folder_named(tmp_path):
