@@ -48,7 +48,7 @@ experiment: $(STAMP)
 		$(if $(QUICK),--quick,)
 
 # Without CACHE, train and ablations use the one store under cache/$(DATASET) that `make cache` built for
-# these data (pipeline/store_lookup.py), or stop with one line listing what they found.
+# these data (pipeline/targets/lookup.py), or stop with one line listing what they found.
 # The grid is `train --ablations` (every training option via TRAIN_ARGS), except with QUICK, or on shapes
 # without a CACHE: `epmvg ablations`, which on shapes builds a random-teacher demo store when none fits.
 ablations: $(STAMP)

@@ -6,7 +6,7 @@ python cache_clip.py refcocog --data-root DATA_ROOT [--teacher ViT-B-16 --pretra
 
 import typer
 
-from pipeline.cli import cache_build
+from pipeline.cli.cache import cache_build
 
 if __name__ == "__main__":
     typer.run(cache_build)

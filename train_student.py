@@ -7,7 +7,7 @@ torchrun --nproc-per-node 8 train_student.py refcocog ...
 
 import typer
 
-from pipeline.cli import train
+from pipeline.cli.train import train
 
 if __name__ == "__main__":
     typer.run(train)

@@ -19,9 +19,9 @@ import torch
 import typer
 from PIL import Image
 
-from pipeline.cache_job import embed_images, embed_texts
 from pipeline.data import load_split
 from pipeline.teacher import TeacherConfig, build_teacher
+from pipeline.teacher.cache_job import embed_images, embed_texts
 
 
 def real_inputs(data_root: Path, images: int, texts: int) -> tuple[list[Path], list[str]]:

@@ -46,11 +46,11 @@ def main(
     out: Path = typer.Option(..., help="folder for the data, the store and one run per student/distill"),
     compare: Path | None = typer.Option(None, help="an earlier OUT: fail unless every loss is identical"),
 ) -> None:
-    from pipeline.cache_job import CacheJobConfig, build_cache
     from pipeline.data import make_shapes
     from pipeline.engine.config import TrainConfig
     from pipeline.engine.train import train
     from pipeline.teacher import TeacherConfig
+    from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
     warnings.filterwarnings("ignore", message=".*RANDOM")
     data = out / "data"

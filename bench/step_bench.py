@@ -31,13 +31,13 @@ import torch
 import typer
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import make_shapes
-from pipeline.demo import TINY_TEACHER
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import Trainer
+from pipeline.studies.demo import TINY_TEACHER
 from pipeline.teacher import TeacherConfig
-from pipeline.views import ViewSpec, student_transform
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
+from pipeline.teacher.views import ViewSpec, student_transform
 
 MODES = ("none", "cached", "cached-views", "online")
 CACHED_MODES = ("cached", "cached-views")

@@ -20,10 +20,10 @@ import torch
 import typer
 
 import storage
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.targets.schema import VIEW_PARAMS, VIEWS
 from pipeline.teacher import TeacherConfig
-from pipeline.views import ViewSpec, student_transform
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
+from pipeline.teacher.views import ViewSpec, student_transform
 
 
 def directory_bytes(path: Path) -> int:

@@ -142,8 +142,8 @@ def shapes_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(shapes_root, tmp_path_factory) -> Path:
-    from pipeline.cache_job import CacheJobConfig, build_cache
     from pipeline.teacher import TeacherConfig
+    from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
     return build_cache(
         CacheJobConfig(

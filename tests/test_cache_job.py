@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import storage
-from pipeline.cache_job import CacheJobConfig, build_cache, plan_cache
 from pipeline.data import MissingImagesError, load_split, normalize_expression, swap_left_right
 from pipeline.targets import TargetsMismatchError, load_targets
 from pipeline.teacher import TeacherConfig, build_teacher
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache, plan_cache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -103,7 +103,7 @@ def test_sigkill_then_resume_equals_clean_run(shared_data, clean_store, tmp_path
     out = tmp_path / "store"
     # A real SIGKILL after the third shard: the job process kills itself from inside write_shard.
     script = textwrap.dedent(f"""
-        import os, signal, storage, pipeline.cache_job as job_module
+        import os, signal, storage, pipeline.teacher.cache_job as job_module
         from tests.test_cache_job import job
         from pathlib import Path
         real, written = storage.write_shard, []

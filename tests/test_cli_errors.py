@@ -173,7 +173,7 @@ def test_cuda_without_a_gpu_in_cache_build(shapes_root, tmp_path, monkeypatch):
 
 
 def test_an_error_from_a_loader_worker_keeps_its_message():
-    from pipeline.cli_errors import one_line
+    from pipeline.cli.errors import one_line
 
     relayed = OSError(
         "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"

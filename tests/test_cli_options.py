@@ -7,15 +7,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import pipeline.cache_job as cache_job
 import pipeline.cli as cli
 import pipeline.engine.train as train_module
-from pipeline.cli_options import resolve_device
+import pipeline.teacher.cache_job as cache_job
+from pipeline.cli.cache import cache_build
+from pipeline.cli.options import resolve_device
+from pipeline.cli.studies import ablations
+from pipeline.cli.train import evaluate, predict, train
 
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [cli.cache_build, cli.train, cli.evaluate, cli.predict, cli.ablations])
+@pytest.mark.parametrize("command", [cache_build, train, evaluate, predict, ablations])
 def test_device_defaults_to_auto(command):
     assert inspect.signature(command).parameters["device"].default.default == "auto"
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.cli.data import app
 from pipeline.data import default_tokenizer, inspect_dataset
-from pipeline.data.cli import app
 
 runner = CliRunner()
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import storage
 from pipeline.data import load_split
-from pipeline.engine.ablations import ablation_config, ablation_grid
 from pipeline.engine.config import TrainConfig
+from pipeline.studies.ablations import ablation_config, ablation_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_quick_ablations_write_one_table(tmp_path):
 def test_a_failed_side_run_stops_the_demo_with_its_folder_named(tmp_path):
     """The image-only control trains in a spawned process beside the student: its failure surfaces."""
     from pipeline.data import make_shapes
-    from pipeline.demo import train_side_by_side
+    from pipeline.studies.demo import train_side_by_side
 
     make_shapes(tmp_path / "data", n=12, seed=0, image_size=64)
     settings = dict(

@@ -12,9 +12,8 @@ import torch
 from conftest import TINY_TEACHER, tiny_run
 from PIL import Image
 
-import pipeline.cache_job as job_module
+import pipeline.teacher.cache_job as job_module
 import storage
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import TrainTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_augment_params
 from pipeline.engine.checkpoint import load_checkpoint
@@ -26,7 +25,8 @@ from pipeline.targets.online import OnlineTeacher
 from pipeline.targets.replay import ViewsMismatchError
 from pipeline.targets.schema import VIEW_PARAMS, VIEWS
 from pipeline.teacher import TeacherConfig
-from pipeline.views import ViewSpec
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
+from pipeline.teacher.views import ViewSpec
 
 K = 2
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")

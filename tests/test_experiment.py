@@ -8,17 +8,17 @@ from dataclasses import replace
 import pytest
 from conftest import assert_png
 
-import pipeline.experiment as experiment
-import pipeline.teacher_training as teacher_training
+import pipeline.studies.experiment as experiment
+import pipeline.teacher.training as teacher_training
 import storage
 from pipeline.data import file_sha256, image_subset, load_split
 from pipeline.data.sample import Sample
 from pipeline.data.shapes import EXTREMES, RELATIONS
-from pipeline.demo import DemoConfig, demo_run, prepare_demo_assets
-from pipeline.engine.ablations import ablation_config
 from pipeline.engine.config import TrainConfig
-from pipeline.experiment import ExperimentConfig, aggregate, run_experiment
 from pipeline.losses import LossConfig
+from pipeline.studies.ablations import ablation_config
+from pipeline.studies.demo import DemoConfig, demo_run, prepare_demo_assets
+from pipeline.studies.experiment import ExperimentConfig, aggregate, run_experiment
 
 
 def _samples(images: int, per_image: int) -> list[Sample]:

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY_TEACHER, assert_run_checkpoint, tiny_run
 
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
 from pipeline.engine.setup import student_config_for
 from pipeline.engine.train import train
 from pipeline.teacher import TeacherConfig
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 

@@ -15,9 +15,9 @@ import pytest
 
 from pipeline.data import load_split, make_shapes
 from pipeline.data.safe_pickle import load_pickle, write_split_file
-from pipeline.demo import DEMO_SHAPES, DemoConfig, demo_run
 from pipeline.engine.baselines import prior_results
 from pipeline.engine.train import train
+from pipeline.studies.demo import DEMO_SHAPES, DemoConfig, demo_run
 
 pytestmark = pytest.mark.slow
 

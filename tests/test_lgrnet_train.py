@@ -64,8 +64,8 @@ def test_the_cpu_preset_trains_on_shapes_with_precomputed_frozen_branches(shapes
 
 
 def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
-    from pipeline.engine.ablations import grid_for
     from pipeline.engine.config import TrainConfig
+    from pipeline.studies.ablations import grid_for
 
     out = tmp_path / "grid"
     args = ["ablations", "shapes", "--data-root", str(shapes_root), "--cache", str(store)]

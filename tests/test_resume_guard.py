@@ -140,10 +140,11 @@ def test_zero_or_negative_epochs_are_refused(shapes_root, tmp_path, epochs):
 
 
 def test_workers_are_bounded_by_the_usable_cpus(shapes_root, tmp_path, monkeypatch):
-    import pipeline.cache_job as cache_job
-    import pipeline.cli_options as cli_options
+    import os
 
-    monkeypatch.setattr(cli_options.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    import pipeline.teacher.cache_job as cache_job
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda config: seen.setdefault("train", config))
     monkeypatch.setattr(cache_job, "build_cache", lambda config: seen.setdefault("cache", config))

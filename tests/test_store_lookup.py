@@ -10,10 +10,10 @@ from conftest import TINY_TEACHER
 from typer.testing import CliRunner
 
 import storage
-from pipeline.cache_job import default_store_path
 from pipeline.cli import app
 from pipeline.data import dataset_fingerprint, make_shapes
-from pipeline.store_lookup import AmbiguousStoreError, NoMatchingStoreError, find_store
+from pipeline.targets.lookup import AmbiguousStoreError, NoMatchingStoreError, find_store
+from pipeline.teacher.cache_job import default_store_path
 
 runner = CliRunner()
 

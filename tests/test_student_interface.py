@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine.ablations import UNFROZEN_TEACHER, ablation_config, ablation_grid, grid_for
 from pipeline.engine.config import TrainConfig
 from pipeline.student import (
     STUDENTS,
@@ -25,6 +24,7 @@ from pipeline.student import (
     tokenize,
 )
 from pipeline.student.backbone import Backbone, build_backbone
+from pipeline.studies.ablations import UNFROZEN_TEACHER, ablation_config, ablation_grid, grid_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import MissingSupervisionError, load_split, make_shapes
 from pipeline.data.supervision import Supervision
 from pipeline.engine.config import TrainConfig
@@ -14,6 +13,7 @@ from pipeline.engine.train import Trainer
 from pipeline.student import STUDENTS
 from pipeline.targets import load_targets
 from pipeline.teacher import TeacherConfig
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")

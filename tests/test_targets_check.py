@@ -7,11 +7,11 @@ import pytest
 from conftest import TINY_TEACHER, tiny_run
 
 import storage
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import dataset_fingerprint, make_shapes
 from pipeline.engine.train import train
 from pipeline.targets import BadTargetsError, load_targets
 from pipeline.teacher import TeacherConfig
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
 

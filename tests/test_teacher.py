@@ -39,7 +39,7 @@ def test_unknown_tag_and_missing_weights_are_clear_errors():
 
 
 def test_offline_tag_fails_with_the_ways_to_supply_weights(monkeypatch):
-    import pipeline.teacher as teacher_module
+    import pipeline.teacher.clip as teacher_module
 
     monkeypatch.setattr(teacher_module, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")

@@ -14,7 +14,7 @@ from pipeline.cli import app
 from pipeline.data import Sample, file_sha256, load_split, make_shapes, normalize_expression
 from pipeline.data.shapes import ShapesConfig
 from pipeline.teacher import TeacherConfig, build_teacher
-from pipeline.teacher_training import (
+from pipeline.teacher.training import (
     RetrievalSet,
     TeacherTrainingConfig,
     chance_retrieval_at_1,

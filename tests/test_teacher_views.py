@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.cache_job import embed_images
 from pipeline.data import EvalTransform, TransformConfig, make_shapes
 from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
 from pipeline.engine.config import TrainConfig
-from pipeline.fidelity import FidelityConfig
 from pipeline.targets.online import OnlineTeacher
 from pipeline.teacher import TeacherConfig, build_teacher
-from pipeline.views import student_transform
+from pipeline.teacher.cache_job import embed_images
+from pipeline.teacher.fidelity import FidelityConfig
+from pipeline.teacher.views import student_transform
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -93,7 +93,7 @@ def test_online_teacher_embeds_an_unaugmented_image_as_the_cache_does(images, pa
 
 @pytest.fixture(scope="module")
 def exact_store(shapes_root, tmp_path_factory) -> Path:
-    from pipeline.cache_job import CacheJobConfig, build_cache
+    from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
     return build_cache(
         CacheJobConfig(
@@ -117,7 +117,7 @@ def _fidelity_config(shapes_root: Path, **changes) -> FidelityConfig:
 
 
 def test_fidelity_is_exact_without_augmentation_and_drops_with_a_crop(shapes_root, exact_store):
-    from pipeline.fidelity import measure_fidelity
+    from pipeline.teacher.fidelity import measure_fidelity
 
     teacher_config = TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=False)
     config = _fidelity_config(shapes_root, store=exact_store, kinds=("none", "flip", "crop"))
@@ -131,8 +131,8 @@ def test_fidelity_is_exact_without_augmentation_and_drops_with_a_crop(shapes_roo
 
 
 def test_fidelity_refuses_a_store_of_another_teacher(shapes_root, exact_store):
-    from pipeline.fidelity import measure_fidelity
     from pipeline.targets import TargetsMismatchError
+    from pipeline.teacher.fidelity import measure_fidelity
 
     drafted = TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True, jpeg_draft=True)
     with pytest.raises(TargetsMismatchError, match="another teacher"):

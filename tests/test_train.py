@@ -20,12 +20,12 @@ from conftest import (
 
 import pipeline.engine.train as train_module
 import pipeline.student.registry as student_registry
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split, make_shapes
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import TrainingDiverged, train
 from pipeline.teacher import TeacherConfig
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM")
@@ -300,7 +300,7 @@ def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes
     """`train --ablations`: every variant in one process group with the baseline's settings; resumable."""
     import csv
 
-    from pipeline.engine.ablations import ablation_grid
+    from pipeline.studies.ablations import ablation_grid
 
     out = tmp_path / "grid"
     args = ["train_student.py", "shapes", "--data-root", shapes_root, "--cache", store, "--out", out]
@@ -388,9 +388,11 @@ def test_a_bad_student_setting_stops_the_train_command_before_any_work(tmp_path)
 
 
 def test_default_loader_workers_never_exceed_the_usable_cpus(monkeypatch):
-    import pipeline.cli as cli
+    import os
 
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert cli._default_workers() == 2
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert cli._default_workers() == 4
+    from pipeline.cli.common import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_workers() == 4

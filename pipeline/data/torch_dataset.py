@@ -54,7 +54,7 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
-        # Exact-view mode (pipeline/views.py): the store's augmentation choices replace `transform`.
+        # Exact-view mode (pipeline/teacher/views.py): the store's augmentation choices replace `transform`.
         self.views: ViewSource | None = None
 
     def __len__(self) -> int:

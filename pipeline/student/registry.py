@@ -79,13 +79,13 @@ STUDENTS: dict[str, StudentArchitecture] = {
         "transvg",
         model="pipeline.student.model:TransVG",
         loss_terms=TRANSVG_TERMS,
-        ablations="pipeline.engine.ablations:ablation_grid",
+        ablations="pipeline.studies.ablations:ablation_grid",
     ),
     "lgrnet": StudentArchitecture(
         "lgrnet",
         model="pipeline.student.lgrnet:LGRNet",
         loss_terms=LGRNET_TERMS,
-        ablations="pipeline.engine.ablations:lgrnet_ablation_grid",
+        ablations="pipeline.studies.ablations:lgrnet_ablation_grid",
         diagnostics=LGRNET_DIAGNOSTICS,
     ),
 }

@@ -1,5 +1,5 @@
 """Exact-view stores, the trainer's side: replay the views the teacher embedded (`cache build --views K`,
-drawn and embedded by `pipeline/views.py`), after checking they were drawn with the run's transform.
+drawn and embedded by `pipeline/teacher/views.py`), after checking they were drawn with the run's transform.
 
 Record i in epoch e gets view e mod K; its [DIE] target is that view's own embedding.
 """

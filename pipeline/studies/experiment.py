@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data import image_subset, load_split
-from pipeline.demo import DEMO_SHAPES, DemoConfig, demo_run, prepare_demo_assets
-from pipeline.engine.ablations import ablation_config
 from pipeline.engine.baselines import prior_results
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.plots import plot_experiment, read_metrics
 from pipeline.engine.train import train
+from pipeline.studies.ablations import ablation_config
+from pipeline.studies.demo import DEMO_SHAPES, DemoConfig, demo_run, prepare_demo_assets
 
 DISTILLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "CD (image + text)": {},

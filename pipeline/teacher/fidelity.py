@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.cache_job import embed_images
 from pipeline.data import (
     TrainTransform,
     TransformConfig,
@@ -29,6 +28,7 @@ from pipeline.data import (
 from pipeline.data.sample import Sample
 from pipeline.data.torch_dataset import open_rgb
 from pipeline.teacher import Teacher
+from pipeline.teacher.cache_job import embed_images
 
 # Each kind switches on one augmentation of the train transform (at its training strength) and
 # fixes the longest side at the student's size; "all" is the train transform as the trainer runs it.

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli_errors import one_line_errors
+from pipeline.cli.errors import one_line_errors
 from pipeline.data.errors import UnknownDatasetError
 from pipeline.data.inspect import inspect_dataset
 from pipeline.data.shapes import make_shapes

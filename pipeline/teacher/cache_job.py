@@ -32,7 +32,7 @@ from pipeline.data import (
 )
 from pipeline.targets.schema import IMAGES, INDEX_FIELDS, TEXTS, VIEW_PARAMS, VIEW_ROW, VIEWS
 from pipeline.teacher import Teacher, TeacherConfig, build_teacher
-from pipeline.views import (
+from pipeline.teacher.views import (
     ViewPlan,
     ViewSpec,
     embed_views,

@@ -1,7 +1,7 @@
 """Which Phase-1 store a run trains on when no `--cache` is given: the one built for these data.
 
 `epmvg cache build DATASET` writes `cache/<dataset>/<fingerprint prefix>` (relative to the current
-folder, `pipeline.cache_job.default_store_path`); `find_store` looks in that same folder for the
+folder, `pipeline.teacher.cache_job.default_store_path`); `find_store` looks in that same folder for the
 complete stores whose dataset fingerprint (name + hash of every split file, as `load_targets` checks
 it) equals the data's current one. Exactly one: its path. None, or several: a one-line error listing
 what it found and naming `--cache`, so `make cache DATASET=X && make train DATASET=X` composes

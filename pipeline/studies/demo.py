@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 import pipeline
-from pipeline.cache_job import CacheJobConfig, build_cache
 from pipeline.data import load_split
 from pipeline.data.shapes import ShapesConfig, make_shapes
 from pipeline.engine.baselines import prior_results
@@ -27,7 +26,8 @@ from pipeline.engine.evaluate import format_table
 from pipeline.engine.train import precompute_tables, train
 from pipeline.losses import LossConfig
 from pipeline.teacher import TeacherConfig
-from pipeline.views import ViewSpec, student_transform
+from pipeline.teacher.cache_job import CacheJobConfig, build_cache
+from pipeline.teacher.views import ViewSpec, student_transform
 
 TINY_TEACHER = Path(pipeline.__file__).parent / "configs" / "teacher" / "clip-tiny.json"
 RANDOM_TEACHER_NOTE = (
@@ -142,7 +142,7 @@ class DemoAssets:
 
 def prepare_demo_assets(config: DemoConfig) -> DemoAssets:
     """make shapes → train a tiny CLIP on its train split → cache its targets (each step kept if done)."""
-    from pipeline.teacher_training import REPORT_NAME, TeacherTrainingConfig, train_teacher
+    from pipeline.teacher.training import REPORT_NAME, TeacherTrainingConfig, train_teacher
 
     data_root = ensure_shapes(
         config.out / "data", config.images, config.seed, config.image_size, config.shapes
@@ -209,7 +209,7 @@ def train_side_by_side(first: TrainConfig, second: TrainConfig) -> tuple[dict[st
     """`train(first)` here and `train(second)` in a spawned process at the same time, each on half of
     torch's CPU threads: the demo's image-only control costs as much as its student, and on 2 cores
     they run at once. Returns both summaries."""
-    from pipeline.teacher_training import torch_threads
+    from pipeline.teacher.training import torch_threads
 
     threads = max(1, torch.get_num_threads() // 2)
     child = multiprocessing.get_context("spawn").Process(target=_train_on_threads, args=(second, threads))

@@ -1,0 +1,5 @@
+"""`python -m pipeline.cli ...`: the `epmvg` command."""
+
+from pipeline.cli import app
+
+app()
