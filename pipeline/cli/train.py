@@ -110,7 +110,9 @@ def train(
         "--pretrained FILE or none with --allow-random-teacher)",
     ),
 ) -> None:
-    """Train a student (TransVG, LGR-NET: `--student`); `torchrun --nproc-per-node N train_student.py` for DDP."""
+    """Train a student (TransVG, LGR-NET: `--student`).
+
+    Under DDP: `torchrun --nproc-per-node N train_student.py ...`."""
     from pipeline.config_fields import field_names
     from pipeline.engine.config import TrainConfig, apply_settings, parse_settings
     from pipeline.engine.train import train as run_training
