@@ -61,7 +61,7 @@ from pipeline.teacher import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_CONFIG = Path(__file__).parent / "configs" / "teacher" / "clip-shapes.json"
+DEFAULT_MODEL_CONFIG = Path(__file__).parents[1] / "configs" / "teacher" / "clip-shapes.json"
 CHECKPOINT_NAME = "teacher.safetensors"
 REPORT_NAME = "teacher.json"
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's training clamps the learned temperature here
