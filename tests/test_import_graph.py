@@ -1,7 +1,7 @@
 """The house's first promise: arrows point one way. No import cycle among pipeline/ and storage/
-modules, counting imports inside functions too (a function-level import hides a cycle, it does not
-remove it); only imports under `if TYPE_CHECKING:` are left out. And storage/ imports nothing of
-pipeline/."""
+modules, counting every import: inside functions too (a function-level import hides a cycle, it does
+not remove it) and under `if TYPE_CHECKING:` (a type-only import is still an arrow between modules).
+And storage/ imports nothing of pipeline/."""
 
 from __future__ import annotations
 
@@ -19,20 +19,10 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_block(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def imported_modules(tree: ast.Module, here: str, is_package: bool, known: set[str]) -> set[str]:
-    """The project modules a module imports anywhere in its body, outside `if TYPE_CHECKING:`."""
+    """The project modules a module imports anywhere in its body."""
     found: set[str] = set()
-    skipped: set[int] = set()
     for node in ast.walk(tree):
-        if _type_checking_block(node):
-            skipped.update(id(child) for child in ast.walk(node) if child is not node)
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -110,11 +100,11 @@ def test_storage_imports_nothing_of_pipeline():
                 "a": "from pipeline import b\n",
                 "b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline import a\n",
             },
-            False,
+            True,
         ),
         ({"a": "from pipeline.b import thing\n", "b": "import os\n"}, False),
     ],
-    ids=["function-level-import-counts", "type-checking-import-does-not", "no-cycle"],
+    ids=["function-level-import-counts", "type-checking-import-counts", "no-cycle"],
 )
 def test_the_cycle_check_finds_what_it_should(modules, cyclic):
     known = {f"pipeline.{name}" for name in modules} | {"pipeline"}

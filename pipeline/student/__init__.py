@@ -4,11 +4,11 @@ LGR-NET, picked by `StudentConfig.architecture` through `registry.py`."""
 from pipeline.student.backbone import pixel_normalization
 from pipeline.student.config import (
     StudentConfig,
-    create_student,
     list_student_presets,
     parse_field_assignments,
     student_preset,
 )
+from pipeline.student.factory import build_student, create_student, load_student_weights
 from pipeline.student.inputs import make_collate, transform_config_for
 from pipeline.student.lgrnet import LGRNet
 from pipeline.student.model import Branch, StudentBase, TransVG, param_groups
@@ -16,8 +16,6 @@ from pipeline.student.output import LGRNetOutput, StudentOutput, TransVGOutput
 from pipeline.student.registry import (
     STUDENTS,
     StudentArchitecture,
-    build_student,
-    load_student_weights,
     student_architecture,
 )
 from pipeline.student.text import build_tokenizer, tokenize

@@ -22,13 +22,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.config_fields import parse_assignments
-from pipeline.student.registry import STUDENTS, build_student
-
-if TYPE_CHECKING:
-    from pipeline.student.model import StudentBase
+from pipeline.student.registry import STUDENTS
 
 PRESET_PACKAGE = "pipeline"
 PRESET_FOLDER = ("configs", "student")
@@ -154,11 +151,6 @@ def student_preset(name: str, **overrides: Any) -> StudentConfig:
     if not entry.is_file():
         raise ValueError(f"unknown student preset {name!r}; available: {list_student_presets()}")
     return StudentConfig.from_dict({**json.loads(entry.read_text()), **overrides})
-
-
-def create_student(preset: str, pretrained: bool = True, **overrides: Any) -> StudentBase:
-    """build_student(student_preset(preset, **overrides)), timm-style."""
-    return build_student(student_preset(preset, **overrides), pretrained)
 
 
 def parse_field_assignments(assignments: Sequence[str]) -> dict[str, Any]:

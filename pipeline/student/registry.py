@@ -6,7 +6,8 @@ training records must carry, and its ablation grid. The model and the grid are n
 "module:attribute" and imported on first use. The trainer, evaluation, checkpoints, `epmvg diagnose`
 and the ablation grids look the architecture up here instead of branching on it; `StudentConfig`
 checks its `architecture` against this list while parsing, which it can import because nothing here
-imports a model at import time.
+imports a model, nor any other student module, at import time (`tests/test_import_graph.py`).
+Building a student from its config is `factory.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.criterion import (
     LGRNET_DIAGNOSTICS,
@@ -26,10 +27,6 @@ from pipeline.criterion import (
 )
 from pipeline.data.supervision import Supervision
 from pipeline.losses import LossConfig
-
-if TYPE_CHECKING:
-    from pipeline.student.config import StudentConfig
-    from pipeline.student.model import StudentBase
 
 # (baseline TrainConfig, unfrozen_teacher) → variant name → changes to the baseline (engine/ablations.py)
 AblationGrid = Callable[..., "dict[str, dict[str, Any]]"]
@@ -51,7 +48,7 @@ class StudentArchitecture:
     the object itself."""
 
     name: str
-    model: str | type[StudentBase]
+    model: str | type  # a StudentBase subclass
     loss_terms: Mapping[str, LossTerm]
     ablations: str | AblationGrid
     diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)
@@ -59,14 +56,15 @@ class StudentArchitecture:
     supervision: Supervision = Supervision.FULL
 
     @property
-    def model_class(self) -> type[StudentBase]:
+    def model_class(self) -> type:
         return resolve(self.model)
 
     @property
     def ablation_grid(self) -> AblationGrid:
         return resolve(self.ablations)
 
-    def build(self, config: StudentConfig, pretrained: bool = True) -> StudentBase:
+    def build(self, config: Any, pretrained: bool = True) -> Any:
+        """The model for a `StudentConfig` (`pipeline/student/factory.py` is the public way in)."""
         return self.model_class(config, pretrained)
 
     def criterion(self, config: LossConfig | None = None) -> Criterion:
@@ -97,23 +95,6 @@ def student_architecture(name: str) -> StudentArchitecture:
     return STUDENTS[name]
 
 
-def build_student(config: StudentConfig, pretrained: bool = True) -> StudentBase:
-    """The student `config.architecture` names; pretrained=False skips weight loading (checkpoint restore)."""
-    return student_architecture(config.architecture).build(config, pretrained)
-
-
 def checkpoint_architecture(student_config: dict[str, Any]) -> str:
     """The architecture a checkpoint's student_config records (checkpoints from before LGR-NET: transvg)."""
     return student_config.get("architecture", "transvg")
-
-
-def load_student_weights(model: StudentBase, payload: dict[str, Any]) -> None:
-    """Load a checkpoint's weights into `model`, refusing one of another architecture by name (rather
-    than with a wall of missing and unexpected keys)."""
-    saved = checkpoint_architecture(payload["student_config"])
-    if saved != model.config.architecture:
-        raise ValueError(
-            f"the checkpoint holds a {saved} student, but this model is {model.config.architecture}: "
-            "use the checkpoint's own student preset (or a fresh run folder)"
-        )
-    model.load_state_dict(payload["model"])
