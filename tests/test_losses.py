@@ -212,3 +212,21 @@ def test_target_cell_loss_by_hand():
     assert float(target_cell_loss(logits, box)) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="square"):
         target_cell_loss(torch.zeros(1, 3), box)
+
+
+def test_a_box_less_batch_leaves_the_box_terms_out():
+    losses, _ = STUDENTS["transvg"].criterion()(_output(), LossTargets(None, TEACHER_IMAGE, TEACHER_TEXT))
+    assert set(losses) == {"distill_image", "distill_text", "total"}
+    assert losses["total"].item() == approx(1.5 * 1.0 + 2 * 2.0)
+
+
+def test_a_batch_no_term_applies_to_is_an_error_not_a_zero_loss():
+    with pytest.raises(ValueError, match="no loss term applied"):
+        STUDENTS["transvg"].criterion()(_output(), LossTargets(None))
+
+
+def test_a_term_without_a_weight_is_refused():
+    from pipeline.criterion import Criterion, box_term
+
+    with pytest.raises(ValueError, match=r"loss terms \['boxx'\] have no weight"):
+        Criterion({"boxx": box_term})
