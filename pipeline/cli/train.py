@@ -75,6 +75,13 @@ def train(
     frozen_cache: Path | None = typer.Option(
         None, help="with --precompute-frozen: keep the tables here and reuse them in later runs"
     ),
+    frozen_dtype: str = typer.Option(
+        "auto",
+        help="with --precompute-frozen: the tables' storage, auto (bfloat16 on CUDA) | bfloat16 | float32",
+    ),
+    frozen_budget_gb: float | None = typer.Option(
+        None, help="with --precompute-frozen: refuse tables over this many GiB (default: half the RAM)"
+    ),
     blank_text: bool = typer.Option(False, help="image-only control: every expression replaced by ''"),
     view_targets: str = typer.Option(
         "exact",

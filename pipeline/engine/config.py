@@ -15,6 +15,7 @@ DISTILL_MODES = ("none", "cached", "online")
 # Exact-view stores: distil toward each replayed view's own embedding, or (today's cache, for the
 # comparison) toward the whole image's, or its flip's, whatever view the student sees.
 VIEW_TARGETS = ("exact", "whole-image")
+FROZEN_DTYPES = ("auto", "bfloat16", "float32")  # --precompute-frozen's storage (engine/frozen_inputs.py)
 # RefCOCO+ trains twice as long in the paper (180 epochs, drop at 120); the rest 90 / 60.
 PAPER_SCHEDULES = {"refcoco+": (180, 120)}
 DEFAULT_SCHEDULE = (90, 60)
@@ -58,6 +59,8 @@ class TrainConfig:
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # run the frozen branches once (no augmentation, or exact views)
     frozen_cache: Path | None = None  # a folder where precomputed tables are kept for later runs
+    frozen_dtype: str = "auto"  # the tables' storage: FROZEN_DTYPES ("auto": bf16 on CUDA with amp)
+    frozen_budget_gb: float | None = None  # refuse tables above this; None: half the node's RAM
     workers: int = 4
     persistent_workers: bool = True  # keep loader processes across epochs (False: restart them)
     seed: int = 0
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
         if self.view_targets not in VIEW_TARGETS:
             raise ValueError(f"--view-targets must be one of {VIEW_TARGETS}, got {self.view_targets!r}")
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"--frozen-dtype must be one of {FROZEN_DTYPES}, got {self.frozen_dtype!r}")
         if self.precompute_frozen and (
             self.distill == "online" or (self.augment and self.distill != "cached")
         ):

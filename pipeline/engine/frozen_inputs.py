@@ -12,6 +12,21 @@ Augmented training can be precomputed too when its augmentations are a finite, s
 exact-view store (pipeline/targets/replay.py) gives each record K views, and `build_view_table` runs the
 backbone once per (record, view). Position epoch·n + i then reads view (epoch mod K) of record i, the
 view the store's teacher embedded: the same pixels the full forward pass would see in that epoch.
+
+At real scale (RefCOCO at 640 px: ~17k images × 2048 × 20² maps) a table is tens of GB, so:
+- `estimate_tables` sizes every table of the run before anything is built (the backbone's and the text
+  encoder's output shapes from one dry pass on a blank input, times the distinct images, records × K
+  views, and distinct texts), logs one line, and `FrozenTablesTooLarge` refuses a run above the memory
+  budget (`TrainConfig.frozen_budget_gb`; default half the node's RAM);
+- tables are preallocated and filled in place (no concatenation holding the maps twice), built by each
+  node's local rank 0 only, saved once (`--frozen-cache`, or the run's `frozen/` folder), and every
+  rank, the builder too, memory-maps the file (`torch.load(mmap=True)`): one copy per node, in the page
+  cache;
+- the maps and text states are stored in `TrainConfig.frozen_dtype`: "auto" is bfloat16 on CUDA under
+  bf16 autocast, where the backbone's output is bf16 anyway and storing it loses nothing, and float32
+  elsewhere (the CPU's fp32 training), where the table is exactly the full forward pass. A bfloat16
+  table on fp32 training agrees only to bf16 rounding (~4e-3 relative); `model_inputs` widens the rows
+  to float32 on the device, so the head sees the dtype it would have seen.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -26,22 +42,106 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data import EvalTransform
 from pipeline.data.sample import Sample
+from pipeline.data.text import swap_left_right
 from pipeline.data.torch_dataset import open_rgb
+from pipeline.engine.distributed import DistEnv
+from pipeline.errors import ExpectedError
+
+log = logging.getLogger(__name__)
 
 Table = TypeVar("Table", "FrozenInputTable", "ImageTable")
 PIXEL_INPUTS = ("pixels", "pixel_mask", "token_ids", "token_mask")
 FEATURE_INPUTS = ("backbone_features", "feature_pad", "text_states", "token_mask")
+STORED_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# Per record: image_row, text_row, index (int64), box (4 float32), image_size (2 int64); view tables
+# add flipped, text_swapped (bool) and view (int64).
+RECORD_BYTES = 8 + 8 + 8 + 4 * 4 + 2 * 8
+VIEW_RECORD_BYTES = RECORD_BYTES + 1 + 1 + 8
+
+
+class FrozenTablesTooLarge(ExpectedError):
+    """The run's precomputed tables would not fit the memory budget (`--frozen-budget-gb`)."""
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-    """The student's keyword inputs from a batch of either kind: pixels and tokens, or table rows."""
+    """The student's keyword inputs from a batch of either kind: pixels and tokens, or table rows.
+
+    Table rows stored in bfloat16 cross to the device as such and are widened there to float32: the
+    head's weights are float32 (autocast narrows them again where it runs in bf16, exactly)."""
     keys = FEATURE_INPUTS if "backbone_features" in batch else PIXEL_INPUTS
-    return {key: batch[key].to(device, non_blocking=True) for key in keys}
+    inputs = {key: batch[key].to(device, non_blocking=True) for key in keys}
+    for key in ("backbone_features", "text_states"):
+        if key in inputs:
+            inputs[key] = inputs[key].float()
+    return inputs
+
+
+def stored_dtype(name: str, device: torch.device, amp: bool) -> torch.dtype:
+    """`TrainConfig.frozen_dtype` → the tables' dtype: "auto" is bfloat16 where the backbone runs under
+    bf16 autocast (CUDA with amp), else float32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and amp else torch.float32
+    return STORED_DTYPES[name]
+
+
+def memory_budget(budget_gb: float | None) -> int:
+    """`TrainConfig.frozen_budget_gb` in bytes; None: half the node's RAM (the table lives in the page
+    cache, once per node, beside the loaders, the model and the OS)."""
+    if budget_gb is not None:
+        return int(budget_gb * 2**30)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """A table's shape before it is built: rows of each part and one row's shape."""
+
+    images: int  # backbone-map rows: distinct images, or records × K views
+    texts: int  # text-state rows: distinct texts (an upper bound for view tables: + their swaps)
+    records: int  # per-record rows (records × K for view tables)
+    feature_shape: tuple[int, int, int]  # (C, h, w)
+    text_shape: tuple[int, int]  # (L, H)
+    dtype: torch.dtype
+    views: bool = False
+
+    @property
+    def bytes(self) -> int:
+        channels, height, width = self.feature_shape
+        length, hidden = self.text_shape
+        itemsize = self.dtype.itemsize
+        per_record = VIEW_RECORD_BYTES if self.views else RECORD_BYTES
+        return (
+            self.images * (channels * height * width * itemsize + height * width)  # maps + padding masks
+            + self.texts * length * (hidden * itemsize + 1)  # states + token masks
+            + self.records * per_record
+        )
+
+
+@torch.no_grad()
+def output_shapes(
+    model: torch.nn.Module,
+    image_size: int,
+    tokenize: Callable[[list[str]], tuple[Tensor, Tensor]],
+    device: torch.device,
+) -> tuple[tuple[int, int, int], tuple[int, int]]:
+    """((C, h, w), (L, H)): the frozen backbone's map for an `image_size` square input and the text
+    encoder's states, from one pass over a blank image [1, 3, S, S] and an empty text."""
+    was_training = model.training
+    model.eval()
+    pixels = torch.zeros(1, 3, image_size, image_size, device=device)
+    feature, _ = model.backbone_features(
+        pixels, torch.zeros(1, image_size, image_size, dtype=torch.bool, device=device)
+    )
+    token_ids, token_mask = tokenize([""])
+    states = model.text_states(token_ids.to(device), token_mask.to(device))
+    model.train(was_training)
+    return tuple(feature.shape[1:]), tuple(states.shape[1:])
 
 
 @dataclass
@@ -169,16 +269,25 @@ def _loader(
 
 
 def _run_backbone(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
-    """The frozen backbone over every batch: (maps, their padding masks, each batch's other fields)."""
-    features, pads, batches = [], [], []
+    """The frozen backbone over every batch: (maps [N, C, h, w] in `dtype`, their padding masks [N, h, w],
+    each batch's other fields). The outputs are allocated once, at the first batch, and filled in
+    place: concatenating batches would hold every map twice at the end."""
+    features = pads = torch.empty(0)
+    batches: list[dict[str, Any]] = []
+    start = 0
     with _channels_last(model.backbone):
         for batch in loader:
             pixels = batch["pixels"].to(device).contiguous(memory_format=torch.channels_last)
             feature, pad = model.backbone_features(pixels, batch["pixel_mask"].to(device))
-            features.append(feature.float().cpu().contiguous())
-            pads.append(pad.cpu())
+            if start == 0:
+                total = len(loader.sampler)
+                features = torch.empty((total, *feature.shape[1:]), dtype=dtype)
+                pads = torch.empty((total, *pad.shape[1:]), dtype=torch.bool)
+            features[start : start + len(feature)] = feature
+            pads[start : start + len(pad)] = pad
+            start += len(feature)
             # Copied out of a worker's shared memory: each kept shared tensor holds a descriptor open.
             batches.append(
                 {
@@ -187,7 +296,7 @@ def _run_backbone(
                     if key not in ("pixels", "pixel_mask")
                 }
             )
-    return torch.cat(features), torch.cat(pads), batches
+    return features[:start], pads[:start], batches
 
 
 @contextlib.contextmanager
@@ -208,15 +317,21 @@ def _text_table(
     tokenize: Callable[[list[str]], tuple[Tensor, Tensor]],
     device: torch.device,
     batch_size: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor, dict[str, int]]:
-    """The frozen text encoder's states for each distinct text: (states, token masks, row of a text)."""
+    """The frozen text encoder's states for each distinct text: (states [N_txt, L, H] in `dtype`, token
+    masks [N_txt, L], row of a text), allocated once and filled in place."""
     distinct = list(dict.fromkeys(texts))
-    states, masks = [], []
+    states = masks = torch.empty(0)
     for start in range(0, len(distinct), batch_size):
         token_ids, token_mask = tokenize(distinct[start : start + batch_size])
-        states.append(model.text_states(token_ids.to(device), token_mask.to(device)).float().cpu())
-        masks.append(token_mask.cpu())
-    return torch.cat(states), torch.cat(masks), {text: row for row, text in enumerate(distinct)}
+        state = model.text_states(token_ids.to(device), token_mask.to(device))
+        if start == 0:
+            states = torch.empty((len(distinct), *state.shape[1:]), dtype=dtype)
+            masks = torch.empty((len(distinct), *token_mask.shape[1:]), dtype=torch.bool)
+        states[start : start + len(state)] = state
+        masks[start : start + len(state)] = token_mask
+    return states, masks, {text: row for row, text in enumerate(distinct)}
 
 
 @torch.no_grad()
@@ -227,8 +342,10 @@ def build_image_table(
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> ImageTable:
-    """Run the frozen backbone once per image (of the records, in order of first appearance)."""
+    """Run the frozen backbone once per image (of the records, in order of first appearance); maps
+    stored in `dtype`."""
     _check_precomputable(model)
     was_training = model.training
     model.eval()
@@ -237,7 +354,7 @@ def build_image_table(
         first_of_image.setdefault(sample.image_key, sample)
     first_records = _FirstRecordOfEachImage(list(first_of_image.values()), transform)
     loader = _loader(first_records, _collate_images, batch_size, workers)
-    features, pads, batches = _run_backbone(model, loader, device)
+    features, pads, batches = _run_backbone(model, loader, device, dtype)
     model.train(was_training)
     sizes = [size for batch in batches for size in batch["image_size"]]
     return ImageTable(list(first_of_image), features, pads, torch.tensor(sizes, dtype=torch.long))
@@ -253,15 +370,17 @@ def build_frozen_table(
     batch_size: int = 64,
     workers: int = 0,
     images: ImageTable | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> FrozenInputTable:
     """The frozen backbone once per image (or `images`, built before for these records' images) and
-    the frozen text encoder once per distinct text."""
+    the frozen text encoder once per distinct text; maps and states stored in `dtype`."""
     _check_precomputable(model)
     if images is None:
-        images = build_image_table(model, samples, transform, device, batch_size, workers)
+        images = build_image_table(model, samples, transform, device, batch_size, workers, dtype)
     was_training = model.training
     model.eval()
-    states, masks, text_of = _text_table(model, [s.text for s in samples], tokenize, device, batch_size)
+    texts = [s.text for s in samples]
+    states, masks, text_of = _text_table(model, texts, tokenize, device, batch_size, dtype)
     model.train(was_training)
     image_of = {key: row for row, key in enumerate(images.image_keys)}
     image_row = torch.tensor([image_of[s.image_key] for s in samples], dtype=torch.long)
@@ -306,6 +425,7 @@ def build_view_table(
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> FrozenInputTable:
     """Exact-view mode: the frozen backbone once per (record, stored view), the text encoder once per
     distinct (possibly left/right-swapped) text.
@@ -316,9 +436,9 @@ def build_view_table(
     was_training = model.training
     model.eval()
     loader = _loader(dataset, _collate_views, batch_size, workers, sampler=range(views * len(dataset)))
-    features, pads, batches = _run_backbone(model, loader, device)
+    features, pads, batches = _run_backbone(model, loader, device, dtype)
     texts = [text for batch in batches for text in batch["text"]]
-    states, masks, text_of = _text_table(model, texts, tokenize, device, batch_size)
+    states, masks, text_of = _text_table(model, texts, tokenize, device, batch_size, dtype)
     model.train(was_training)
     column = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0] if key != "text"}
     return FrozenInputTable(
@@ -369,7 +489,8 @@ def table_key(
 def cached_table(
     folder: Path | None, name: str, build: Callable[[], Table], kind: type[Table] = FrozenInputTable
 ) -> Table:
-    """`folder/name.pt` when an earlier run saved it, else `build()` (saved there for the next run).
+    """`folder/name.pt` when an earlier run saved it, else `build()` (saved there for the next run);
+    a saved table comes back memory-mapped (the builder's own copy is dropped for the file's).
 
     Runs that differ only in what they train (loss, seed, distillation) share one table, and runs
     that differ only in their texts share its `ImageTable`: the experiment's runs and the demo's
@@ -379,14 +500,19 @@ def cached_table(
     if folder is None:
         return build()
     path = Path(folder) / f"{name}.pt"
-    if path.is_file():
-        return kind(**torch.load(path, weights_only=True))
-    table = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")  # DDP ranks may save at once; each renames its own
-    torch.save({field.name: getattr(table, field.name) for field in fields(table)}, partial)
-    os.replace(partial, path)
-    return table
+    if not path.is_file():
+        table = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")  # nodes sharing a folder: each renames its own
+        torch.save({field.name: getattr(table, field.name) for field in fields(table)}, partial)
+        del table
+        os.replace(partial, path)
+    return load_table(path, kind)
+
+
+def load_table(path: Path, kind: type[Table] = FrozenInputTable) -> Table:
+    """A saved table, memory-mapped: its pages are the file's, shared by every process of the node."""
+    return kind(**torch.load(path, weights_only=True, mmap=True))
 
 
 def table_loader(
@@ -405,8 +531,12 @@ def table_loader(
 
 class FrozenTables:
     """A run's tables, one per split, built on first use (`precompute_frozen`), or read from
-    `folder` (`frozen_cache`) when an earlier run with the same frozen branches and records saved
-    them. The train split of a run that replays stored views gets a view table."""
+    `folder` (`frozen_cache`, or the run's own) when an earlier run with the same frozen branches and
+    records saved them. The train split of a run that replays stored views gets a view table.
+
+    The first use sizes every split's table (`estimate_tables`) and refuses a run above `budget`
+    bytes. Under torchrun a table is built by each node's local rank 0 only, saved in `folder`, and
+    memory-mapped by every rank after a barrier (`folder` None: built in this process, in RAM)."""
 
     def __init__(
         self,
@@ -422,6 +552,9 @@ class FrozenTables:
         batch_size: int,
         workers: int,
         folder: Path | None,
+        env: DistEnv | None = None,
+        dtype: torch.dtype = torch.float32,
+        budget: int | None = None,
     ) -> None:
         """`transform`: the student's eval transform config; `settings`: what every table depends
         on besides the weights (the student's and the transform's configs); `train_settings`: what the
@@ -429,14 +562,59 @@ class FrozenTables:
         self.model, self.samples, self.train_set, self.train_split = model, samples, train_set, train_split
         self.transform, self.settings, self.train_settings = transform, settings, train_settings
         self.tokenize, self.device, self.batch_size, self.workers = tokenize, device, batch_size, workers
-        self.folder = folder
+        self.folder, self.env, self.dtype, self.budget = folder, env or DistEnv(), dtype, budget
         self.tables: dict[str, FrozenInputTable] = {}
+        self.sized = False
+
+    def estimate(self) -> dict[str, TableSize]:
+        """Every split's table size, from the records alone and one dry pass (`output_shapes`)."""
+        feature_shape, text_shape = output_shapes(
+            self.model, self.transform.image_size, self.tokenize, self.device
+        )
+        sizes = {}
+        for split, samples in self.samples.items():
+            views = self.train_set.views if split == self.train_split else None
+            texts = {s.text for s in samples}
+            if views is not None:  # each view may swap "left"/"right": at most both variants
+                count = views.count * len(self.train_set)
+                texts |= {swap_left_right(text) for text in texts}
+                sizes[split] = TableSize(
+                    count, len(texts), count, feature_shape, text_shape, self.dtype, True
+                )
+            else:
+                images = len({s.image_key for s in samples})
+                sizes[split] = TableSize(
+                    images, len(texts), len(samples), feature_shape, text_shape, self.dtype
+                )
+        return sizes
+
+    def check_size(self) -> None:
+        """One line with the estimate; `FrozenTablesTooLarge` above the budget, before any build."""
+        sizes = self.estimate()
+        total = sum(size.bytes for size in sizes.values())
+        parts = ", ".join(f"{split} {size.bytes / 2**30:.2f}" for split, size in sizes.items())
+        if self.env.is_main:
+            log.info(
+                "precomputed frozen tables: %.2f GiB in %s (%s GiB), one copy per node",
+                total / 2**30,
+                str(self.dtype).removeprefix("torch."),
+                parts,
+            )
+        if self.budget is not None and total > self.budget:
+            raise FrozenTablesTooLarge(
+                f"--precompute-frozen: the tables need about {total / 2**30:.1f} GiB ({parts} GiB), over the "
+                f"{self.budget / 2**30:.1f} GiB budget; raise --frozen-budget-gb, store --frozen-dtype "
+                "bfloat16, or train without --precompute-frozen"
+            )
 
     def __getitem__(self, split: str) -> FrozenInputTable:
+        if not self.sized:
+            self.check_size()
+            self.sized = True
         if split not in self.tables:
             samples = self.samples[split]
             views = self.train_set.views if split == self.train_split else None
-            settings = dict(self.settings)
+            settings = {**self.settings, "dtype": str(self.dtype)}
             if views is not None:
                 settings.update(self.train_settings)
 
@@ -449,6 +627,7 @@ class FrozenTables:
                         self.device,
                         self.batch_size,
                         self.workers,
+                        self.dtype,
                     )
             else:
 
@@ -459,7 +638,13 @@ class FrozenTables:
                         self.folder,
                         f"{split}-images-{images_key}",
                         lambda: build_image_table(
-                            self.model, samples, transform, self.device, self.batch_size, self.workers
+                            self.model,
+                            samples,
+                            transform,
+                            self.device,
+                            self.batch_size,
+                            self.workers,
+                            self.dtype,
                         ),
                         ImageTable,
                     )
@@ -471,8 +656,32 @@ class FrozenTables:
                         self.device,
                         self.batch_size,
                         images=images,
+                        dtype=self.dtype,
                     )
 
-            key = table_key(self.model, settings, samples) if self.folder else ""
-            self.tables[split] = cached_table(self.folder, f"{split}-{key}", build)
+            self.tables[split] = self._build_once_per_node(split, settings, samples, build)
         return self.tables[split]
+
+    def _build_once_per_node(
+        self,
+        split: str,
+        settings: dict[str, Any],
+        samples: list[Sample],
+        build: Callable[[], FrozenInputTable],
+    ) -> FrozenInputTable:
+        """Local rank 0 builds (or finds) the table's file; the node's other ranks wait, then map it."""
+        if self.folder is None:
+            return build()
+        name = f"{split}-{table_key(self.model, settings, samples)}"
+
+        def build_here() -> FrozenInputTable:
+            log.info("frozen table %s: built by rank %d (local rank 0)", name, self.env.rank)
+            return build()
+
+        if self.env.local_rank == 0:
+            table = cached_table(self.folder, name, build_here)
+        if self.env.enabled:
+            dist.barrier()
+        if self.env.local_rank != 0:
+            table = load_table(Path(self.folder) / f"{name}.pt")
+        return table

@@ -36,7 +36,13 @@ from pipeline.engine.distributed import (
     shutdown_distributed,
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, predict_split, summarize
-from pipeline.engine.frozen_inputs import FrozenTables, model_inputs, table_loader
+from pipeline.engine.frozen_inputs import (
+    FrozenTables,
+    memory_budget,
+    model_inputs,
+    stored_dtype,
+    table_loader,
+)
 from pipeline.engine.reports import METRICS, append_jsonl, start_metrics, write_run_report
 from pipeline.engine.run_checkpoint import RunParts, RunState, checkpoint_payload, restore, resume_point
 from pipeline.engine.setup import (
@@ -112,7 +118,10 @@ class Trainer:
             self.device,
             config.batch_size,
             config.workers,
-            config.frozen_cache,
+            config.frozen_cache or self.out / "frozen",  # a file every rank of the node maps
+            self.env,
+            stored_dtype(config.frozen_dtype, self.device, config.amp),
+            memory_budget(config.frozen_budget_gb),
         )
         if config.precompute_frozen:
             table = self.frozen_tables[config.train_split]
