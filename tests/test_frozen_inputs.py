@@ -1,17 +1,21 @@
 """Precomputed frozen branches: the table is exactly the full forward pass, and a run trained on it
 evaluates the same through the ordinary pixel path."""
 
+import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run
+from conftest import run_torchrun, tiny_run
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
 from pipeline.engine import frozen_inputs
 from pipeline.engine.config import TrainConfig
-from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.engine.frozen_inputs import build_frozen_table, model_inputs
+from pipeline.engine.evaluate import evaluate_checkpoint, summarize
+from pipeline.engine.frozen_inputs import FrozenTablesTooLarge, build_frozen_table, model_inputs
 from pipeline.engine.train import Trainer, train
 from pipeline.losses import LossConfig
 from pipeline.student import build_student, make_collate, student_preset, transform_config_for
@@ -135,3 +139,117 @@ def test_a_fully_frozen_branch_stays_in_eval_mode():
     assert model.vl_encoder.training
     trains_its_backbone = build_student(student_preset("tiny", image_size=64)).train()
     assert trains_its_backbone.backbone.training
+
+
+# At scale: a size estimate and a budget before any build; tables built once per node, memory-mapped ---
+
+
+def _table_bytes(table) -> int:
+    return sum(
+        value.numel() * value.element_size()
+        for value in (getattr(table, field.name) for field in fields(table))
+        if isinstance(value, torch.Tensor)
+    )
+
+
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """The files whose mapping holds the tensor's data (Linux: /proc/self/maps)."""
+    address, found = tensor.data_ptr(), set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        start, end = (int(value, 16) for value in parts[0].split("-"))
+        if start <= address < end and len(parts) == 6:
+            found.add(parts[5])
+    return found
+
+
+def _no_build(monkeypatch) -> None:
+    def no_build(*args, **kwargs):
+        raise AssertionError("a table was built")
+
+    for name in ("build_image_table", "build_frozen_table", "build_view_table"):
+        monkeypatch.setattr(frozen_inputs, name, no_build)
+
+
+def test_a_run_over_the_memory_budget_is_refused_before_any_backbone_pass(shapes_root, tmp_path, monkeypatch):
+    _no_build(monkeypatch)
+    with pytest.raises(FrozenTablesTooLarge, match="over the 0.0 GiB budget"):
+        Trainer(_table_run(shapes_root, tmp_path / "run", frozen_budget_gb=1e-6))
+    assert not (tmp_path / "frozen").exists()
+    args = ["train", "shapes", "--data-root", str(shapes_root), "--out", str(tmp_path / "cli"), "--distill"]
+    args += ["none", "--student", "tiny", "--image-size", "64", "--workers", "0", "--device", "cpu"]
+    args += ["--no-augment", "--precompute-frozen", "--frozen-budget-gb", "1e-6", "--epochs", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "budget" in result.output and "Traceback" not in result.output
+
+
+def test_the_estimate_is_the_built_tables_bytes(shapes_root, tmp_path, caplog):
+    caplog.set_level("INFO", logger="pipeline.engine.frozen_inputs")
+    trainer = Trainer(_table_run(shapes_root, tmp_path / "run", frozen_budget_gb=100.0))
+    estimate = trainer.frozen_tables.estimate()
+    assert set(estimate) == {"train", "val", "test"}
+    for split, size in estimate.items():
+        assert size.bytes == _table_bytes(trainer.frozen_tables[split]), split
+    lines = [record.message for record in caplog.records if "GiB" in record.message]
+    assert len(lines) == 1 and "float32" in lines[0]  # one line, before the first table
+
+
+def test_a_saved_table_is_memory_mapped_and_bf16_when_asked(shapes_root, tmp_path):
+    fp32 = Trainer(_table_run(shapes_root, tmp_path / "fp32")).frozen_tables["train"]
+    bf16 = Trainer(_table_run(shapes_root, tmp_path / "bf16", frozen_dtype="bfloat16")).frozen_tables["train"]
+    assert fp32.backbone_features.dtype == torch.float32
+    assert bf16.backbone_features.dtype == bf16.text_states.dtype == torch.bfloat16
+    saved = {str(path) for path in (tmp_path / "frozen").glob("train-*.pt") if "images" not in path.name}
+    assert len(saved) == 2  # the dtype is part of the table's key
+    for table in (fp32, bf16):
+        for tensor in (table.backbone_features, table.text_states, table.image_row):
+            assert _mapped_files(tensor) & saved, "not mapped from the saved file"
+    # bf16 storage agrees with the exact fp32 table to bf16 rounding, and the student reads it as fp32
+    torch.testing.assert_close(bf16.backbone_features.float(), fp32.backbone_features, rtol=8e-3, atol=1e-2)
+    torch.testing.assert_close(bf16.text_states.float(), fp32.text_states, rtol=8e-3, atol=1e-2)
+    inputs = model_inputs(bf16.collate([0, 1]), torch.device("cpu"))
+    assert inputs["backbone_features"].dtype == inputs["text_states"].dtype == torch.float32
+
+
+def test_auto_storage_is_bf16_only_under_bf16_autocast_on_cuda():
+    assert frozen_inputs.stored_dtype("auto", torch.device("cpu"), amp=True) == torch.float32
+    assert frozen_inputs.stored_dtype("auto", torch.device("cuda:0"), amp=True) == torch.bfloat16
+    assert frozen_inputs.stored_dtype("auto", torch.device("cuda:0"), amp=False) == torch.float32
+    with pytest.raises(ValueError, match="frozen-dtype"):
+        TrainConfig(dataset="shapes", distill="none", frozen_dtype="fp8")
+
+
+def test_two_ranks_share_one_table_built_by_local_rank_0(shapes_root, tmp_path):
+    out, folder = tmp_path / "ddp", tmp_path / "frozen"
+    args = ["train_student.py", "shapes", "--data-root", shapes_root, "--out", out, "--distill", "none"]
+    args += [
+        "--student",
+        "tiny",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+    ]
+    args += ["--device", "cpu", "--no-augment", "--precompute-frozen", "--frozen-cache", folder]
+    for field, value in FROZEN.items():
+        if field != "image_size":
+            args += ["--student-set", f"{field}={str(value).lower()}"]
+    done = run_torchrun(2, args)
+    built = [line for line in done.stderr.splitlines() if "built by rank" in line]
+    tables = sorted(path.name for path in folder.iterdir() if "-images-" not in path.name)
+    assert [path.suffix for path in folder.iterdir()] == [".pt"] * len(list(folder.iterdir()))  # no partials
+    assert len(built) == len(tables) == 3 and all(
+        "built by rank 0 " in line for line in built
+    )  # train, val, test
+    summary = json.loads((out / "summary.json").read_text())
+    single = Trainer(TrainConfig.from_dict(json.loads((out / "config.json").read_text())))
+    single.model.load_state_dict(torch.load(out / "last.pt", weights_only=False)["model"])
+    for split in ("val", "test"):  # the single process reads the same files and scores the same
+        expected = summarize(single.evaluate(split))
+        assert summary["results"][split]["n"] == expected["n"]
+        assert summary["results"][split]["miou"] == pytest.approx(expected["miou"], abs=1e-4)
