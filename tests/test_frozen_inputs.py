@@ -253,3 +253,23 @@ def test_two_ranks_share_one_table_built_by_local_rank_0(shapes_root, tmp_path):
         expected = summarize(single.evaluate(split))
         assert summary["results"][split]["n"] == expected["n"]
         assert summary["results"][split]["miou"] == pytest.approx(expected["miou"], abs=1e-4)
+
+
+def test_a_table_is_filled_in_place_not_concatenated(shapes_root, monkeypatch):
+    """Concatenating per-batch maps would hold every map twice at the end of the build."""
+    config = student_preset("tiny", **FROZEN)
+    samples = load_split("shapes", "train", shapes_root)
+    concatenated, cat = [], torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        out = cat(tensors, *args, **kwargs)
+        if len(tensors) > 1 and out.dim() >= 3:  # maps [N, C, h, w], pads [N, h, w], states [N, L, H]
+            concatenated.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch, "cat", spy)
+    transform = EvalTransform(transform_config_for(config))
+    tokenize = make_collate(config).tokenize
+    table = build_frozen_table(build_student(config), samples, transform, tokenize, "cpu", batch_size=3)
+    assert table.backbone_features.shape[0] > 3 and table.text_states.shape[0] > 3  # several batches
+    assert concatenated == []
