@@ -179,6 +179,7 @@ def random_bert(out: Path) -> Path:
         *(f"##{c}" for c in chars),
         *words,
     ]
+    vocab = list(dict.fromkeys(vocab))  # "a" is a letter and a word: one entry, or the ids shift
     vocab += [f"[unused{i}]" for i in range(BERT_BASE_VOCAB - len(vocab))]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (out / "tokenizer_config.json").write_text(

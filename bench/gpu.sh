@@ -3,7 +3,7 @@
 # (docs/benchmarks.md, "Running the GPU benchmarks").
 #
 #   bash bench/gpu.sh wheels     here, once, with the package registry in reach: the wheels the GPU
-#                                image lacks (Python 3.12, x86-64) into .whl/ (git-ignored, ~25 MB)
+#                                image lacks (Python 3.12, x86-64) into .whl/ (git-ignored, ~14 MB)
 #   bash bench/gpu.sh all        on the GPU machine (device tool: carry [".whl"]): every part below, each
 #                                under its own timeout, all within TOTAL_S (540 s); JSON reports in $OUT
 #   bash bench/gpu.sh PART       one part: cache | distill | e2e | step-compile | step-lgrnet
@@ -36,10 +36,11 @@ wheels() {
 install() {
     # SKIP_INSTALL=1: the packages are already importable (a rehearsal in the project's virtualenv).
     [ -n "${SKIP_INSTALL:-}" ] && return 0
-    compgen -G ".whl/*.whl" > /dev/null ||
-        die "no wheels in .whl/: run 'bash bench/gpu.sh wheels' where the registry is reachable, then carry .whl"
+    local wheels=${WHEEL_DIR:-.whl}
+    compgen -G "$wheels/*.whl" > /dev/null ||
+        die "no wheels in $wheels/: run 'bash bench/gpu.sh wheels' where the registry is reachable, then carry .whl"
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl
+        "$wheels"/*.whl
     export PYTHONPATH="/tmp/site:$PWD"
 }
 
@@ -78,6 +79,10 @@ part() {  # part NAME LIMIT_S: run one part under `timeout`, its JSON to $OUT/NA
 main() {
     local what=${1:?"usage: bash bench/gpu.sh wheels | all | $PARTS | step-compile | step-lgrnet"}
     if [ "$what" = wheels ]; then wheels; return; fi
+    case " all $PARTS step-compile step-lgrnet " in
+        *" $what "*) ;;
+        *) die "unknown part '$what': all, $PARTS, step-compile or step-lgrnet" ;;
+    esac
     PYTHON=${PYTHON:-python3} DEVICE=${DEVICE:-cuda} OUT=${OUT:-bench-out}
     mkdir -p "$OUT" && : > "$OUT/gpu.log"
     OUT=$(cd "$OUT" && pwd) WORK=$(mktemp -d "${TMPDIR:-/tmp}/epmvg-gpubench.XXXXXX")
