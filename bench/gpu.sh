@@ -78,6 +78,7 @@ part() {  # part NAME LIMIT_S: run one part under `timeout`, its JSON to $OUT/NA
 
 main() {
     local what=${1:?"usage: bash bench/gpu.sh wheels | all | $PARTS | step-compile | step-lgrnet"}
+    if [ "$what" = run ]; then what=${2:?"run what: all, $PARTS, step-compile or step-lgrnet"}; fi  # the old form
     if [ "$what" = wheels ]; then wheels; return; fi
     case " all $PARTS step-compile step-lgrnet " in
         *" $what "*) ;;
