@@ -10,6 +10,7 @@
 
     python -m bench.assets bert DIR       # the random BERT-base folder, for --text-encoder DIR
     python -m bench.assets peak           # this machine's GPU name and its peak (or that it is unknown)
+    python -m bench.assets setup DIR      # both (what bench/gpu.sh runs)
 """
 
 from __future__ import annotations
@@ -188,20 +189,26 @@ def random_bert(out: Path) -> Path:
     return out
 
 
+def device_line() -> str:
+    """This machine's GPU and the peak MFU will use, or that it has none in the table."""
+    import torch  # deferred: `bert` alone needs no torch import
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    peak = peak_tflops(name)
+    return f"{name}: " + (f"{peak:g} TFLOP/s dense bf16" if peak else "not in the table, MFU not reported")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "bert":
-        print(random_bert(Path(argv[1])))
+    # `setup DIR` does both in one process: one interpreter start less for the GPU script.
+    if len(argv) == 2 and argv[0] in ("bert", "setup"):
+        if argv[0] == "setup":
+            print(device_line())
+        random_bert(Path(argv[1]))
         return 0
     if argv == ["peak"]:
-        import torch
-
-        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-        peak = peak_tflops(name)
-        print(
-            f"{name}: " + (f"{peak:g} TFLOP/s dense bf16" if peak else "not in the table, MFU not reported")
-        )
+        print(device_line())
         return 0
-    print("usage: python -m bench.assets bert DIR | peak", file=sys.stderr)
+    print("usage: python -m bench.assets bert DIR | setup DIR | peak", file=sys.stderr)
     return 2
 
 

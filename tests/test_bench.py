@@ -146,6 +146,14 @@ def test_gpu_sh_without_wheels_says_how_to_get_them_in_one_line(tmp_path):
     assert done.stderr.count("\n") == 1 and "bash bench/gpu.sh wheels" in done.stderr
 
 
+def test_gpu_sh_skips_the_parts_its_total_time_no_longer_fits_and_says_so(tmp_path):
+    out = tmp_path / "out"
+    env = {"DEVICE": "cpu", "SMALL": "1", "SKIP_INSTALL": "1", "PYTHON": sys.executable, "OUT": str(out)}
+    done = run_gpu_sh("all", env={**env, "TOTAL_S": "1"}, timeout=120)
+    assert done.returncode == 2 and "failed or skipped: cache distill e2e" in done.stderr
+    assert (out / "gpu.log").read_text().count("skipped: the 1 s total is spent") == 3
+
+
 def test_gpu_sh_rejects_an_unknown_part(tmp_path):
     env = {"SKIP_INSTALL": "1", "PYTHON": sys.executable, "DEVICE": "cpu", "SMALL": "1", "OUT": str(tmp_path)}
     done = run_gpu_sh("nonsense", env=env, timeout=120)
