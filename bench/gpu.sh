@@ -57,7 +57,7 @@ part() {  # part NAME LIMIT_S: run one part under `timeout`, its JSON to $OUT/NA
         distill) cmd=(bench.step_bench "${step[@]}" --modes none,cached,cached-views --steps "$STEPS"
                       --rounds "$ROUNDS" --workdir "$WORK/distill") ;;
         e2e) cmd=(bench.step_bench "${step[@]}" --modes cached --steps "$STEPS" --rounds 1
-                  --loader-batches "$LOADER_BATCHES" --workdir "$WORK/e2e") ;;
+                  --loader-batches "$LOADER_BATCHES" --textured --workdir "$WORK/e2e") ;;
         step-compile) cmd=(bench.step_bench "${step[@]}" --modes none,cached --steps "$STEPS" --rounds "$ROUNDS"
                            --compile --workdir "$WORK/compile") ;;
         step-lgrnet) cmd=(bench.step_bench "${step[@]}" --student "${LGRNET_STUDENT}" --modes none,cached

@@ -38,6 +38,7 @@ import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.assets import peak_tflops as peak_of_device
+from bench.assets import texture_jpegs
 from pipeline.data import make_shapes
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import Trainer
@@ -135,6 +136,9 @@ def main(
     loader_batches: int = typer.Option(0, help="also time N steps fed by the real DataLoader; 0 = skip"),
     workers: int = typer.Option(4, help="DataLoader processes for --loader-batches"),
     jpeg_size: int = typer.Option(256, help="side of the generated shapes JPEGs (640 ~ a COCO image)"),
+    textured: bool = typer.Option(
+        False, help="add photo-like noise to the generated JPEGs (their bytes and decode cost near a photo's)"
+    ),
     views: int = typer.Option(4, help="K of the cached-views mode's exact-view store"),
     text_encoder: str | None = typer.Option(
         None, help="override the preset's text encoder (a local folder where its package is absent)"
@@ -149,6 +153,8 @@ def main(
         # ~4 expressions an image, 80% of images in train: enough train samples for every timed batch.
         images = max(40, batch_size, (loader_batches + 2) * batch_size // 3)
         make_shapes(data_root, n=images, seed=0, image_size=jpeg_size)
+        if textured:
+            texture_jpegs(sorted((data_root / "images").rglob("*.jpg")))
     overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
     if text_encoder:
         overrides["text_encoder"] = text_encoder
@@ -238,6 +244,7 @@ def main(
             "steps": loader_batches,
             "workers": workers,
             "jpeg_size": jpeg_size,
+            "textured_jpegs": textured,
             "ms_per_step": round(1000 * seconds, 1),
             "images_per_s": round(batch_size / seconds, 1),
             "vs_compute_only_pct": round(100 * (seconds / compute_only - 1), 1),

@@ -14,7 +14,7 @@ import torch
 import typer
 from PIL import Image
 
-from bench.assets import make_jpegs, make_queries, peak_tflops, random_bert
+from bench.assets import make_jpegs, make_queries, peak_tflops, random_bert, texture_jpegs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = str(REPO / "pipeline" / "configs" / "teacher" / "clip-tiny.json")
@@ -134,6 +134,7 @@ def test_gpu_sh_all_rehearses_every_part_on_the_cpu_and_writes_their_reports(tmp
     assert all("overhead_vs_none_pct" in row for row in distill.values())
     end_to_end = reports["e2e"]["end_to_end_cached"]
     assert end_to_end["images_per_s"] > 0 and 0 <= end_to_end["data_wait_fraction"] <= 1
+    assert end_to_end["textured_jpegs"] is True
     assert reports["e2e"]["mfu"] is None and "MFU not reported" in reports["e2e"]["peak_source"]
     assert (out / "device.txt").read_text() and (out / "gpu.log").read_text()
 
@@ -216,6 +217,17 @@ def test_made_jpegs_differ_in_content_and_size(tmp_path):
     assert all(max(size) == 640 for size in sizes) and len(set(sizes)) > 1
     assert len({path.read_bytes() for path in paths}) == 6
     assert make_jpegs(tmp_path / "again", 6, seed=0, processes=1)[3].read_bytes() == paths[3].read_bytes()
+
+
+def test_textured_jpegs_keep_their_size_and_grow_in_bytes(tmp_path):
+    from pipeline.data import make_shapes
+
+    make_shapes(tmp_path, n=3, seed=0, image_size=96)
+    paths = sorted((tmp_path / "images").rglob("*.jpg"))
+    before = [(Image.open(path).size, path.stat().st_size) for path in paths]
+    texture_jpegs(paths, processes=1)
+    for path, (size, nbytes) in zip(paths, before, strict=True):
+        assert Image.open(path).size == size and path.stat().st_size > nbytes
 
 
 def test_random_bert_is_bert_base_shaped_and_tokenizes_any_text(tmp_path):
