@@ -18,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Pinned: the packages pipeline/ and storage/ import that the GPU image (Python 3.12) lacks, with their
-# own missing needs (docs: /work/.library/device/KINDS.md lists what the image holds).
+# own missing needs; the image already holds torch, torchvision, transformers, timm, h5py, tensorboard,
+# typer, pillow, numpy, regex, huggingface_hub, pyyaml, toolz, cloudpickle, fsspec, msgpack and psutil.
 WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13 zarr==3.1.6 numcodecs==0.16.3 donfig==0.8.1.post1
         google-crc32c==1.7.1 dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.1.0
         tornado==6.5.2 zict==3.0.0)
