@@ -14,6 +14,12 @@ to compare them (`bash bench/gpu.sh run step` and `run step-lgrnet`).
     python -m bench.step_bench --student lgrnet-r50 --image-size 640 --batch-size 64 \
         --teacher ViT-B-16 --loader-batches 50 --workers 14 --peak-tflops 989 --device cuda
     python -m bench.step_bench --student small --image-size 96 --batch-size 16      # CPU
+
+`--modes` picks the modes (the GPU script times none,cached,cached-views for the distillation overhead
+and cached alone for the end-to-end run). The end-to-end report gives `data_wait_fraction`: the share
+of the loader-fed steps' wall time the training loop spent blocked on `next(loader)`. MFU uses
+`--peak-tflops`, or on CUDA the device's dense bf16 peak from its name (`bench.assets.peak_tflops`); a
+device not in that table gets no MFU, and the report says so.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import torch
 import typer
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.assets import peak_tflops as peak_of_device
+from bench.assets import texture_jpegs
 from pipeline.data import make_shapes
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.train import Trainer
@@ -58,18 +66,45 @@ def time_steps(trainer: Trainer, batch: dict, steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def time_loader_steps(trainer: Trainer, batches: int) -> float:
-    """Mean seconds per step of `batches` steps fed by the run's own DataLoader (decode + augment).
+def time_loader_steps(trainer: Trainer, batches: int) -> tuple[float, float]:
+    """Mean seconds per step of `batches` steps fed by the run's own DataLoader (decode + augment), and
+    the fraction of that time spent blocked in `next(loader)` (waiting for data).
 
     The first batch is taken before the clock starts: it pays for starting the worker processes."""
     loader = iter(trainer.train_loader)
     trainer.train_step(next(loader))
     _sync(trainer.config.device)
+    waited = 0.0
     started = time.perf_counter()
     for _ in range(batches):
-        trainer.train_step(next(loader))
+        asked = time.perf_counter()
+        batch = next(loader)
+        waited += time.perf_counter() - asked
+        trainer.train_step(batch)
     _sync(trainer.config.device)
-    return (time.perf_counter() - started) / batches
+    total = time.perf_counter() - started
+    return total / batches, waited / total
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """`none,cached` -> ("none", "cached"), in MODES' order; unknown or empty -> BadParameter."""
+    chosen = {mode.strip() for mode in text.split(",") if mode.strip()}
+    if not chosen or chosen - set(MODES):
+        raise typer.BadParameter(f"modes must be a comma list of {', '.join(MODES)}; got {text!r}")
+    return tuple(mode for mode in MODES if mode in chosen)
+
+
+def resolve_peak(peak_tflops: float, device: str) -> tuple[float | None, str]:
+    """The peak for MFU and where it came from: the option, else the CUDA device's name in the table."""
+    if peak_tflops:
+        return peak_tflops, "--peak-tflops"
+    if not device.startswith("cuda"):
+        return None, "no peak for a CPU run: MFU not reported"
+    name = torch.cuda.get_device_name(torch.device(device))
+    peak = peak_of_device(name)
+    if peak is None:
+        return None, f"{name} is not in bench.assets' peak table: MFU not reported"
+    return peak, f"{name}: dense bf16 from bench.assets' table"
 
 
 def step_flops(trainer: Trainer, batch: dict) -> int:
@@ -93,23 +128,33 @@ def main(
     steps: int = typer.Option(5),
     rounds: int = typer.Option(3),
     device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu"),
-    peak_tflops: float = typer.Option(0.0, help="device peak (e.g. 989 for H100 bf16 dense) for MFU"),
+    peak_tflops: float = typer.Option(
+        0.0, help="device peak TFLOP/s for MFU; 0 = from the CUDA device's name (bench.assets' table)"
+    ),
+    modes: str = typer.Option(",".join(MODES), help="comma list of the modes to time"),
     compile: bool = typer.Option(False, help="torch.compile the student in every mode"),
     loader_batches: int = typer.Option(0, help="also time N steps fed by the real DataLoader; 0 = skip"),
     workers: int = typer.Option(4, help="DataLoader processes for --loader-batches"),
     jpeg_size: int = typer.Option(256, help="side of the generated shapes JPEGs (640 ~ a COCO image)"),
+    textured: bool = typer.Option(
+        False, help="add photo-like noise to the generated JPEGs (their bytes and decode cost near a photo's)"
+    ),
     views: int = typer.Option(4, help="K of the cached-views mode's exact-view store"),
     text_encoder: str | None = typer.Option(
         None, help="override the preset's text encoder (a local folder where its package is absent)"
     ),
     workdir: Path | None = typer.Option(None),
 ) -> None:
+    chosen = parse_modes(modes)
+    cached_chosen = tuple(mode for mode in CACHED_MODES if mode in chosen)
     root = workdir or Path(tempfile.mkdtemp(prefix="epmvg-stepbench-"))
     data_root = root / "data"
     if not (data_root / "splits").is_dir():
         # ~4 expressions an image, 80% of images in train: enough train samples for every timed batch.
         images = max(40, batch_size, (loader_batches + 2) * batch_size // 3)
         make_shapes(data_root, n=images, seed=0, image_size=jpeg_size)
+        if textured:
+            texture_jpegs(sorted((data_root / "images").rglob("*.jpg")))
     overrides: dict[str, object] = {"image_size": image_size} if image_size else {}
     if text_encoder:
         overrides["text_encoder"] = text_encoder
@@ -118,10 +163,11 @@ def main(
         dataset="shapes", data_root=data_root, teacher=teacher_config, out=root / "cache", progress=False
     )
     view_spec = ViewSpec(views, student_transform(student, image_size))
-    stores = {
-        "cached": build_cache(job),
-        "cached-views": build_cache(dataclasses.replace(job, out=root / "cache-views", views=view_spec)),
+    jobs = {
+        "cached": job,
+        "cached-views": dataclasses.replace(job, out=root / "cache-views", views=view_spec),
     }
+    stores = {mode: build_cache(jobs[mode]) for mode in cached_chosen}
     trainers = {
         mode: Trainer(
             TrainConfig(
@@ -142,39 +188,43 @@ def main(
                 progress=False,
             )
         )
-        for mode in MODES
+        for mode in chosen
     }
     # One batch for every mode: the views run's (its replayed views), without `view` where no store has one.
-    with_view = next(iter(trainers["cached-views"].train_loader))
+    with_view = next(iter(trainers["cached-views" if "cached-views" in chosen else chosen[0]].train_loader))
     batch = {key: value for key, value in with_view.items() if key != "view"}
-    batches = {mode: with_view if mode == "cached-views" else batch for mode in MODES}
+    batches = {mode: with_view if mode == "cached-views" else batch for mode in chosen}
     for mode, trainer in trainers.items():  # warm-up
         time_steps(trainer, batches[mode], 1)
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    samples: dict[str, list[float]] = {mode: [] for mode in chosen}
     for _ in range(rounds):
         for mode, trainer in trainers.items():
             samples[mode].append(time_steps(trainer, batches[mode], steps))
-    flops = step_flops(trainers["none"], batch)
-    loader_seconds = {
-        mode: time_loader_steps(trainers[mode], loader_batches) for mode in CACHED_MODES if loader_batches
+    first = trainers[chosen[0]]
+    flops = step_flops(first, batches[chosen[0]])
+    loader_runs = {
+        mode: time_loader_steps(trainers[mode], loader_batches) for mode in cached_chosen if loader_batches
     }
-    base = statistics.median(samples["none"])
+    base = statistics.median(samples[chosen[0]])
     results = {}
-    for mode in MODES:
+    for mode in chosen:
         seconds = statistics.median(samples[mode])
         results[mode] = {
             "ms_per_step": round(1000 * seconds, 1),
             "images_per_s": round(batch_size / seconds, 1),
-            "overhead_vs_none_pct": round(100 * (seconds / base - 1), 1),
         }
+        if "none" in chosen:
+            none = statistics.median(samples["none"])
+            results[mode]["overhead_vs_none_pct"] = round(100 * (seconds / none - 1), 2)
     achieved = flops / base
+    peak, peak_source = resolve_peak(peak_tflops, device)
     report = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if device.startswith("cuda") else "CPU only"),
         "student": student,
-        "architecture": trainers["none"].student_config.architecture,
-        "image_size": trainers["none"].student_config.image_size,
+        "architecture": first.student_config.architecture,
+        "image_size": first.student_config.image_size,
         "batch_size": batch_size,
         "teacher": Path(teacher).stem,
         "rounds_x_steps": f"{rounds}x{steps}",
@@ -182,18 +232,23 @@ def main(
         "results": results,
         "student_step_gflop": round(flops / 1e9, 1),
         "achieved_tflops": round(achieved / 1e12, 3),
-        "mfu": round(achieved / (peak_tflops * 1e12), 3) if peak_tflops else None,
+        "flops_of_mode": chosen[0],
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "mfu": round(achieved / (peak * 1e12), 3) if peak else None,
     }
     report["views"] = views
-    for mode, seconds in loader_seconds.items():
+    for mode, (seconds, waiting) in loader_runs.items():
         compute_only = statistics.median(samples[mode])
         report[f"end_to_end_{mode.replace('-', '_')}"] = {
             "steps": loader_batches,
             "workers": workers,
             "jpeg_size": jpeg_size,
+            "textured_jpegs": textured,
             "ms_per_step": round(1000 * seconds, 1),
             "images_per_s": round(batch_size / seconds, 1),
             "vs_compute_only_pct": round(100 * (seconds / compute_only - 1), 1),
+            "data_wait_fraction": round(waiting, 4),
         }
     print(json.dumps(report, indent=2))
 
