@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data import EvalTransform
+from pipeline.data import EvalTransform, TransformConfig
+from pipeline.data.device_batch import to_device_batch
 from pipeline.data.sample import Sample
-from pipeline.data.torch_dataset import open_rgb
+from pipeline.data.torch_dataset import collate_pixels, open_image_tensor
 
 Table = TypeVar("Table", "FrozenInputTable", "ImageTable")
 PIXEL_INPUTS = ("pixels", "pixel_mask", "token_ids", "token_mask")
@@ -126,17 +127,14 @@ class _FirstRecordOfEachImage(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.samples[i]
-        image = open_rgb(sample)
+        image = open_image_tensor(sample)
         out = self.transform(image, sample.box_xyxy, sample.text)
-        return {"pixels": out.pixels, "pixel_mask": out.pixel_mask, "image_size": image.size}
+        size = (image.shape[-1], image.shape[-2])
+        return {"content": out.pixels, "offsets": out.offsets, "size": out.size, "image_size": size}
 
 
 def _collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixels": torch.stack([item["pixels"] for item in items]),
-        "pixel_mask": torch.stack([item["pixel_mask"] for item in items]),
-        "image_size": [item["image_size"] for item in items],
-    }
+    return collate_pixels(items) | {"image_size": [item["image_size"] for item in items]}
 
 
 def _own_generator() -> torch.Generator:
@@ -169,14 +167,15 @@ def _loader(
 
 
 def _run_backbone(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, config: TransformConfig
 ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """The frozen backbone over every batch: (maps, their padding masks, each batch's other fields)."""
     features, pads, batches = [], [], []
     with _channels_last(model.backbone):
         for batch in loader:
-            pixels = batch["pixels"].to(device).contiguous(memory_format=torch.channels_last)
-            feature, pad = model.backbone_features(pixels, batch["pixel_mask"].to(device))
+            batch = to_device_batch(batch, config, device)
+            pixels = batch["pixels"].contiguous(memory_format=torch.channels_last)
+            feature, pad = model.backbone_features(pixels, batch["pixel_mask"])
             features.append(feature.float().cpu().contiguous())
             pads.append(pad.cpu())
             # Copied out of a worker's shared memory: each kept shared tensor holds a descriptor open.
@@ -184,7 +183,7 @@ def _run_backbone(
                 {
                     key: value.clone() if isinstance(value, Tensor) else value
                     for key, value in batch.items()
-                    if key not in ("pixels", "pixel_mask")
+                    if key not in ("pixels", "pixel_mask", "pixel_size", "pixel_offset", "augment_params")
                 }
             )
     return torch.cat(features), torch.cat(pads), batches
@@ -237,7 +236,7 @@ def build_image_table(
         first_of_image.setdefault(sample.image_key, sample)
     first_records = _FirstRecordOfEachImage(list(first_of_image.values()), transform)
     loader = _loader(first_records, _collate_images, batch_size, workers)
-    features, pads, batches = _run_backbone(model, loader, device)
+    features, pads, batches = _run_backbone(model, loader, device, transform.config)
     model.train(was_training)
     sizes = [size for batch in batches for size in batch["image_size"]]
     return ImageTable(list(first_of_image), features, pads, torch.tensor(sizes, dtype=torch.long))
@@ -285,9 +284,7 @@ def build_frozen_table(
 
 
 def _collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixels": torch.stack([item["pixels"] for item in items]),
-        "pixel_mask": torch.stack([item["pixel_mask"] for item in items]),
+    return collate_pixels(items) | {
         "box": torch.stack([item["box"] for item in items]),
         "text": [item["text"] for item in items],
         **{
@@ -316,7 +313,7 @@ def build_view_table(
     was_training = model.training
     model.eval()
     loader = _loader(dataset, _collate_views, batch_size, workers, sampler=range(views * len(dataset)))
-    features, pads, batches = _run_backbone(model, loader, device)
+    features, pads, batches = _run_backbone(model, loader, device, dataset.transform.config)
     texts = [text for batch in batches for text in batch["text"]]
     states, masks, text_of = _text_table(model, texts, tokenize, device, batch_size)
     model.train(was_training)
