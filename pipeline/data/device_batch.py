@@ -25,6 +25,8 @@ from pipeline.data.transforms import (
 )
 
 AUGMENT_ON = ("auto", "device", "workers")
+# A "device" batch's fields that only the pixel step reads: gone once the pixels are made.
+_DEVICE_ONLY = ("encoded", "image_path", "augment_params", "source_box")
 
 
 def resolve_augment_on(augment_on: str, device: torch.device) -> str:
@@ -108,5 +110,5 @@ def to_device_batch(batch: dict[str, Any], config: TransformConfig, device: torc
     pixels, mask = normalize_padded(
         square, batch["pixel_size"], batch["pixel_offset"], config.mean, config.std
     )
-    ready = {key: value for key, value in batch.items() if key not in ("encoded", "source_box")}
+    ready = {key: value for key, value in batch.items() if key not in _DEVICE_ONLY}
     return ready | {"pixels": pixels, "pixel_mask": mask}

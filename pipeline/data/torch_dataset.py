@@ -100,6 +100,9 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
             params = self.transform.draw(encoded.size, sample.box_xyxy, sample.text, rng)
+            # As a row (jitter factors in millionths): what "device" mode ships and a view store keeps, so
+            # every path applies the very same choices and gives the same pixels.
+            params = AugmentParams.from_row(params.to_row())
         config = self.transform.config
         box_xyxy = None if sample.box_xyxy is None else torch.tensor(sample.box_xyxy, dtype=torch.float32)
         item: dict[str, Any] = {"index": sample.index, "box_xyxy": box_xyxy, "image_size": encoded.size}
@@ -123,7 +126,7 @@ class GroundingDataset(Dataset[dict[str, Any]]):
             image = decode_images([encoded], [sample.image_path], torch.device("cpu"))[0]
             out = apply_augment_params(image, sample.box_xyxy, sample.text, params, config)
             item |= {
-                "content": out.pixels,
+                "pixels": out.pixels,
                 "offsets": out.offsets,
                 "box": out.box_cxcywh,
                 "text": out.text,
@@ -160,7 +163,7 @@ def collate_pixels(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "pixel_offset": torch.tensor([item["offsets"] for item in batch], dtype=torch.long),
         }
     square, sizes, offsets = pad_uint8(
-        [item["content"] for item in batch], [item["offsets"] for item in batch], batch[0]["size"]
+        [item["pixels"] for item in batch], [item["offsets"] for item in batch], batch[0]["size"]
     )
     return {"pixels": square, "pixel_size": sizes, "pixel_offset": offsets}
 

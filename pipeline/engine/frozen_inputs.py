@@ -130,7 +130,7 @@ class _FirstRecordOfEachImage(Dataset[dict[str, Any]]):
         image = open_image_tensor(sample)
         out = self.transform(image, sample.box_xyxy, sample.text)
         size = (image.shape[-1], image.shape[-2])
-        return {"content": out.pixels, "offsets": out.offsets, "size": out.size, "image_size": size}
+        return {"pixels": out.pixels, "offsets": out.offsets, "size": out.size, "image_size": size}
 
 
 def _collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
