@@ -36,7 +36,7 @@ Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 class ViewSource(Protocol):
     """Stored augmentation choices: the choices a record gets in an epoch, and that view's number."""
 
-    def params(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]: ...
+    def choices(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]: ...
 
 
 def _missing(sample: Sample) -> MissingImagesError:
@@ -96,7 +96,7 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         encoded = open_encoded(sample)  # the header's size: the draws need no pixels
         view = None
         if self.views is not None:
-            params, view = self.views.params(sample, epoch)
+            params, view = self.views.choices(sample, epoch)
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
             params = self.transform.draw(encoded.size, sample.box_xyxy, sample.text, rng)

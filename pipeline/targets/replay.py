@@ -55,7 +55,7 @@ class ViewReplay:
     def count(self) -> int:
         return int(self.params.shape[1])
 
-    def params(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]:
+    def choices(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]:
         """The stored choices of record `sample` in `epoch`, and the view's number."""
         row = int(self.view_row[sample.index])
         if row < 0:
@@ -68,7 +68,7 @@ class ViewReplay:
     def __call__(
         self, image: torch.Tensor | Image.Image, sample: Sample, epoch: int
     ) -> tuple[TransformedSample, int]:
-        params, view = self.params(sample, epoch)
+        params, view = self.choices(sample, epoch)
         return render_view(image, sample.box_xyxy, sample.text, params.to_row(), self.transform), view
 
 
