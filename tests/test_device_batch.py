@@ -172,3 +172,15 @@ def test_on_cuda_jpegs_are_decoded_in_one_batched_call_on_the_device(samples, mo
     assert calls == [(len(jpegs), torch.device("cuda", 0))]
     for sample, pixels in zip(jpegs, out, strict=True):
         assert torch.equal(pixels, F.pil_to_tensor(Image.open(sample.image_path).convert("RGB")))
+
+
+def test_on_cuda_a_jpeg_cut_short_in_the_batch_is_named(samples, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        decode, "decode_jpeg", lambda datas, mode, device: [real_decode_jpeg(d, mode=mode) for d in datas]
+    )
+    data = samples[0].image_path.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    paths = [samples[2].image_path, cut]
+    with pytest.raises(BadImageError, match="cut.jpg: a truncated JPEG"):
+        decode.decode_images([decode.read_encoded(p) for p in paths], paths, torch.device("cuda", 0))

@@ -50,9 +50,14 @@ def read_encoded(path: Path) -> EncodedImage:
     return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), size, fmt)
 
 
+def _grey_end(pixels: torch.Tensor) -> torch.Tensor:
+    """bool []: the last block of uint8 [3, H, W] is exactly mid-grey (on `pixels`' device, not read)."""
+    return (pixels[:, -_ZERO_BLOCK:, -_ZERO_BLOCK:] == _ZERO_GREY).all()
+
+
 def _refuse_grey_end(pixels: torch.Tensor, path: Path | str) -> torch.Tensor:
     """`pixels` (uint8 [3, H, W]) unless its last block is exactly mid-grey, as after a premature end."""
-    if bool((pixels[:, -_ZERO_BLOCK:, -_ZERO_BLOCK:] == _ZERO_GREY).all()):
+    if bool(_grey_end(pixels)):
         raise BadImageError(
             f"{path}: a truncated JPEG (its last blocks are missing and would decode as grey); "
             "re-download or re-extract it"
@@ -88,8 +93,12 @@ def decode_images(
             except RuntimeError:
                 decoded = None  # one bad file fails the batch: decode one by one on the CPU to name it
             if decoded is not None:
+                # One host read for the whole batch (not one per image): which ends are mid-grey.
+                grey = torch.stack([_grey_end(pixels) for pixels in decoded]).nonzero().flatten().tolist()
+                for j in grey:
+                    _refuse_grey_end(decoded[j], paths[jpegs[j]])
                 for i, pixels in zip(jpegs, decoded, strict=True):
-                    out[i] = _refuse_grey_end(pixels, paths[i])
+                    out[i] = pixels
     for i, image in enumerate(images):
         if out[i] is None:
             out[i] = _decode_one_cpu(image, paths[i]).to(device, non_blocking=True)

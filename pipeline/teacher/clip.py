@@ -216,7 +216,7 @@ class Teacher:
         """The teacher's input [3, S_t, S_t] float32 for one rendered student view (`render_view`): the
         content the student sees (its uint8 pixels, without the padding), through `preprocess`, as the
         cache preprocesses an image file. Equal to `preprocess_student_pixels` on the view's float
-        tensor; h-cache's exact-view job calls it in loader workers."""
+        tensor; the exact-view cache job calls it in its loader workers."""
         return self.preprocess(F.to_pil_image(view.pixels.cpu()))
 
     @torch.inference_mode()
