@@ -184,3 +184,26 @@ def test_on_cuda_a_jpeg_cut_short_in_the_batch_is_named(samples, tmp_path, monke
     paths = [samples[2].image_path, cut]
     with pytest.raises(BadImageError, match="cut.jpg: a truncated JPEG"):
         decode.decode_images([decode.read_encoded(p) for p in paths], paths, torch.device("cuda", 0))
+
+
+def test_the_trainer_steps_on_device_augmented_batches_as_on_worker_ones(tmp_path):
+    """`augment_on` reaches the train set, and `train_step` makes either batch ready itself: the same
+    weights stepped on the same records give the same losses."""
+    from conftest import tiny_run
+
+    from pipeline.data import make_shapes
+    from pipeline.engine.train import Trainer
+
+    make_shapes(tmp_path / "shapes", n=8, seed=0, image_size=96)
+    losses = {}
+    for augment_on in ("workers", "device"):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            tiny_run(tmp_path / "shapes", tmp_path / augment_on, max_samples=4, augment_on=augment_on)
+        )
+        assert trainer.train_set.augment_on == augment_on
+        batch = trainer.collate([trainer.train_set[i] for i in range(4)])
+        assert ("encoded" in batch) == (augment_on == "device")
+        losses[augment_on] = trainer.train_step(batch)
+    for key, value in losses["workers"].items():
+        assert torch.equal(value, losses["device"][key]), key
