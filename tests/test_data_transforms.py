@@ -42,7 +42,8 @@ def _unnormalize(sample: TransformedSample) -> np.ndarray:
 
 def _magenta_bbox(sample: TransformedSample) -> tuple[int, int, int, int]:
     rgb = _unnormalize(sample)
-    magenta = (rgb[..., 0] - rgb[..., 1] > 40) & (rgb[..., 2] - rgb[..., 1] > 40) & ~_padded(sample)[1].numpy()
+    content = ~_padded(sample)[1].numpy()
+    magenta = (rgb[..., 0] - rgb[..., 1] > 40) & (rgb[..., 2] - rgb[..., 1] > 40) & content
     ys, xs = np.nonzero(magenta)
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
