@@ -51,7 +51,9 @@ def samples(tmp_path: Path) -> list[Sample]:
 
 def test_items_carry_everything_the_trainer_needs(samples: list[Sample]) -> None:
     item = GroundingDataset(samples, EvalTransform(CONFIG))[1]
-    assert item["pixels"].shape == (3, 64, 64) and item["pixel_mask"].shape == (64, 64)
+    # uint8 content (50x90 -> 36x64) at its place in the square: the student's floats are made later
+    assert item["pixels"].shape == (3, 64, 36) and item["pixels"].dtype == torch.uint8
+    assert item["offsets"] == (0, 0) and item["size"] == 64
     assert item["box"].shape == (4,) and item["index"] == 11
     assert torch.equal(item["box_xyxy"], torch.tensor([5.0, 6.0, 30.0, 40.0]))
     assert item["image_size"] == (50, 90)
@@ -103,8 +105,8 @@ def test_persistent_workers_draw_each_epochs_augmentation(samples: list[Sample])
     for epoch in range(2):
         sampler.set_epoch(epoch)
         (batch,) = list(loader)
-        expected = [dataset[position]["pixels"] for position in sampler]
-        assert torch.equal(batch["pixels"], torch.stack(expected))
+        expected = GroundingCollate(fake_tokenize)([dataset[position] for position in sampler])
+        assert torch.equal(batch["pixels"], expected["pixels"])
         epochs.append(batch)
     assert loader._iterator is not None  # the same worker served both epochs
     same_order = epochs[0]["index"].argsort(), epochs[1]["index"].argsort()
@@ -115,7 +117,8 @@ def test_dataloader_batches_with_the_picklable_collate(samples: list[Sample]) ->
     collate = pickle.loads(pickle.dumps(GroundingCollate(fake_tokenize)))  # what DataLoader workers do
     loader = DataLoader(GroundingDataset(samples, TrainTransform(CONFIG)), batch_size=3, collate_fn=collate)
     batch = next(iter(loader))
-    assert batch["pixels"].shape == (3, 3, 64, 64) and batch["pixel_mask"].dtype == torch.bool
+    assert batch["pixels"].shape == (3, 3, 64, 64) and batch["pixels"].dtype == torch.uint8
+    assert batch["pixel_size"].shape == batch["pixel_offset"].shape == (3, 2)
     assert batch["box"].shape == (3, 4) and batch["box_xyxy"].shape == (3, 4)
     assert batch["image_size"].tolist() == [[80, 60], [50, 90], [64, 64]]
     assert batch["index"].tolist() == [10, 11, 12]

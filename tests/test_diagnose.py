@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.data import make_shapes
+from pipeline.data.device_batch import to_device_batch
 from pipeline.engine.diagnose import diagnose
 from pipeline.student import build_student, make_collate, student_preset, transform_config_for
 
@@ -20,7 +21,8 @@ def shapes_batch(root: Path, config, size: int = 8) -> dict:
 
     records = load_split("shapes", "train", root)[:size]
     dataset = GroundingDataset(records, EvalTransform(transform_config_for(config)), seed=0)
-    return make_collate(config)([dataset[i] for i in range(len(dataset))])
+    batch = make_collate(config)([dataset[i] for i in range(len(dataset))])
+    return to_device_batch(batch, dataset.transform.config, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

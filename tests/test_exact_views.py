@@ -15,6 +15,7 @@ from PIL import Image
 import pipeline.teacher.cache_job as job_module
 import storage
 from pipeline.data import TrainTransform, TransformConfig, make_shapes
+from pipeline.data.device_batch import to_device_batch
 from pipeline.data.transforms import AugmentParams, apply_augment_params, draw_augment_params
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.frozen_inputs import build_view_table, model_inputs
@@ -109,6 +110,7 @@ def test_replayed_views_are_what_the_teacher_embedded(shapes_root, views_store, 
     plain_cos, pixels_by_epoch = [], []
     for epoch in range(K):
         batch = trainer.collate([trainer.train_set[epoch * n + i] for i in range(n)])
+        batch = to_device_batch(batch, trainer.transform_config, torch.device("cpu"))
         assert bool((batch["view"] == epoch % K).all())
         cached_image, cached_text = trainer.source.targets(batch)
         online_image, online_text = online(batch["pixels"], batch["pixel_mask"], batch["text"])
@@ -210,6 +212,7 @@ def test_a_precomputed_view_table_is_the_replayed_views_forward_pass(shapes_root
     for epoch in range(K + 1):  # epoch K comes back to view 0
         positions = [epoch * n + i for i in range(n)]
         pixel_batch = trainer.collate([trainer.train_set[p] for p in positions])
+        pixel_batch = to_device_batch(pixel_batch, trainer.transform_config, torch.device("cpu"))
         table_batch = table.collate(positions)
         assert bool((table_batch["view"] == epoch % K).all())
         for key in ("box", "index", "flipped", "text_swapped", "view"):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.data import EvalTransform, GroundingDataset, load_split, make_shapes
+from pipeline.data.device_batch import to_device_batch
 from pipeline.engine import frozen_inputs
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.evaluate import evaluate_checkpoint, summarize
@@ -47,6 +48,7 @@ def test_the_table_gives_what_the_full_forward_pass_computes(shapes_root, visual
     model.eval()
     rows = list(range(len(samples)))
     pixel_batch = collate([GroundingDataset(samples, transform)[i] for i in rows])
+    pixel_batch = to_device_batch(pixel_batch, transform.config, torch.device("cpu"))
     table_batch = table.collate(rows)
     assert torch.equal(table_batch["box"], pixel_batch["box"])
     assert torch.equal(table_batch["index"], pixel_batch["index"])

@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from pipeline.data import EvalTransform, TransformConfig, make_shapes
-from pipeline.data.transforms import hflip, normalize_and_pad, student_view_image
+from pipeline.data.device_batch import sample_pixels
+from pipeline.data.transforms import hflip, student_view_image
 from pipeline.engine.config import TrainConfig
 from pipeline.targets.online import OnlineTeacher
 from pipeline.teacher import TeacherConfig, build_teacher
@@ -48,15 +49,30 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-def test_student_view_image_inverts_normalize_and_pad_exactly(images):
+def test_student_view_image_inverts_the_device_normalising_exactly(images):
     config = TransformConfig(image_size=160, num_scales=1, pad_position="center")
     with Image.open(images[1]) as image:
-        original = image.convert("RGB")
-    pixels, mask, _ = normalize_and_pad(F.pil_to_tensor(original), np.zeros(4), config)
+        sample = EvalTransform(config)(image, None, "x")
+    pixels, mask = sample_pixels(sample, config.mean, config.std)
     assert mask.any(), "the view must be padded for the test to mean anything"
     view = student_view_image(pixels, mask, config.mean, config.std)
-    assert view.size == original.size
-    assert np.array_equal(np.asarray(view), np.asarray(original))
+    assert torch.equal(F.pil_to_tensor(view), sample.pixels)
+
+
+def test_preprocess_view_is_the_online_teachers_preprocessing_of_the_same_view(images):
+    """h-cache's exact-view job (`preprocess_view` on `render_view`) and the online teacher (the
+    student's float batch) give the teacher the same input."""
+    from pipeline.targets.replay import render_view
+
+    teacher = build_teacher(TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True))
+    config = TransformConfig(image_size=128, pad_position="center")
+    row = [500, 10, 20, 380, 400, 112, 1_200_000, 900_000, 1_100_000, 2, 0, 1, 1, -1, -1]
+    with Image.open(images[1]) as image:
+        view = render_view(image, None, "the left one", row, config)
+    assert view.flipped and view.text == "the right one"
+    pixels, mask = sample_pixels(view, config.mean, config.std)
+    online = teacher.preprocess_student_pixels(pixels[None], mask[None], config.mean, config.std)
+    assert torch.equal(teacher.preprocess_view(view)[None], online)
 
 
 @pytest.mark.parametrize("pad_position", ["bottom_right", "center"])
@@ -84,8 +100,9 @@ def test_online_teacher_embeds_an_unaugmented_image_as_the_cache_does(images, pa
             if variant:
                 image, _ = hflip(image, np.zeros(4))
             views.append(EvalTransform(transform)(image, [0, 0, 10, 10], "the red circle"))
-        pixels = torch.stack([view.pixels for view in views])
-        mask = torch.stack([view.pixel_mask for view in views])
+        ready = [sample_pixels(view, transform.mean, transform.std) for view in views]
+        pixels = torch.stack([p for p, _ in ready])
+        mask = torch.stack([m for _, m in ready])
         image_embedding, _ = online(pixels, mask, ["the red circle"] * len(views))
         cos = _cos(image_embedding, cached[:, variant])
         assert bool((cos >= 0.9999).all()), f"variant {variant}: cos {cos.tolist()}"

@@ -5,6 +5,11 @@ Boxes are optional (image-text pairs for weak supervision): an item of a box-les
 `"box"` and `"box_xyxy"` are None; in a mixed batch they are tensors with zeros in the rows whose
 `has_box` is False, rows that a box loss must leave out (mask or select them by `has_box`). A batch
 whose items all have boxes holds the same tensors as before boxes became optional, plus `has_box`.
+
+Pixels leave the workers as uint8: `"pixels"` uint8 [B, 3, S, S] (content at `"pixel_offset"`, of
+`"pixel_size"`, zeros elsewhere), or with `augment_on="device"` the files' bytes (`"encoded"`) and each
+item's choices (`"augment_params"`). `pipeline/data/device_batch.py`'s `to_device_batch` makes the
+student's float pixels and mask on the training device.
 """
 
 from __future__ import annotations
@@ -17,18 +22,28 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pipeline.data.decode import EncodedImage, decode_images, read_encoded
+from pipeline.data.device_batch import pad_uint8
 from pipeline.data.errors import MissingImagesError
 from pipeline.data.images import read_rgb
 from pipeline.data.sample import Sample
-from pipeline.data.transforms import Transform, TransformedSample
+from pipeline.data.text import swap_left_right
+from pipeline.data.transforms import AugmentParams, Transform, apply_augment_params, augment_geometry
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
 class ViewSource(Protocol):
-    """Stored augmentation choices: the view a record gets in an epoch, and that view's number."""
+    """Stored augmentation choices: the choices a record gets in an epoch, and that view's number."""
 
-    def __call__(self, image: Image.Image, sample: Sample, epoch: int) -> tuple[TransformedSample, int]: ...
+    def choices(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]: ...
+
+
+def _missing(sample: Sample) -> MissingImagesError:
+    return MissingImagesError(
+        f"{sample.image_path}: image of {sample.split}[{sample.index}] is missing; "
+        "validate samples first (validate_samples / select_samples with --skip-missing)"
+    )
 
 
 def open_rgb(sample: Sample) -> Image.Image:
@@ -36,10 +51,20 @@ def open_rgb(sample: Sample) -> Image.Image:
     try:
         return read_rgb(sample.image_path)
     except FileNotFoundError:
-        raise MissingImagesError(
-            f"{sample.image_path}: image of {sample.split}[{sample.index}] is missing; "
-            "validate samples first (validate_samples / select_samples with --skip-missing)"
-        ) from None
+        raise _missing(sample) from None
+
+
+def open_encoded(sample: Sample) -> EncodedImage:
+    """The sample's image file's bytes, its header checked (`read_encoded`)."""
+    try:
+        return read_encoded(sample.image_path)
+    except FileNotFoundError:
+        raise _missing(sample) from None
+
+
+def open_image_tensor(sample: Sample) -> torch.Tensor:
+    """The sample's image decoded on the CPU: uint8 [3, H, W] (`read_rgb`'s checks)."""
+    return decode_images([open_encoded(sample)], [sample.image_path], torch.device("cpu"))[0]
 
 
 class GroundingDataset(Dataset[dict[str, Any]]):
@@ -56,6 +81,9 @@ class GroundingDataset(Dataset[dict[str, Any]]):
         self.seed = seed
         # Exact-view mode (pipeline/teacher/views.py): the store's augmentation choices replace `transform`.
         self.views: ViewSource | None = None
+        # "device": ship the file's bytes and the choices; the trainer decodes and applies them on its
+        # device (`pipeline/data/device_batch.py`). "workers": decode and apply here, ship uint8.
+        self.augment_on = "workers"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,25 +93,47 @@ class GroundingDataset(Dataset[dict[str, Any]]):
             raise IndexError(f"position {position}: positions count up from 0 (epoch·n + sample)")
         epoch, index = divmod(position, len(self.samples))
         sample = self.samples[index]
-        image = open_rgb(sample)
+        encoded = open_encoded(sample)  # the header's size: the draws need no pixels
         view = None
         if self.views is not None:
-            out, view = self.views(image, sample, epoch)
+            params, view = self.views.choices(sample, epoch)
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
-            out = self.transform(image, sample.box_xyxy, sample.text, rng)
+            params = self.transform.draw(encoded.size, sample.box_xyxy, sample.text, rng)
+            # As a row (jitter factors in millionths): what "device" mode ships and a view store keeps, so
+            # every path applies the very same choices and gives the same pixels.
+            params = AugmentParams.from_row(params.to_row())
+        config = self.transform.config
         box_xyxy = None if sample.box_xyxy is None else torch.tensor(sample.box_xyxy, dtype=torch.float32)
-        item = {
-            "pixels": out.pixels,
-            "pixel_mask": out.pixel_mask,
-            "box": out.box_cxcywh,
-            "text": out.text,
-            "flipped": out.flipped,
-            "text_swapped": out.text_swapped,
-            "index": sample.index,
-            "box_xyxy": box_xyxy,
-            "image_size": image.size,
-        }
+        item: dict[str, Any] = {"index": sample.index, "box_xyxy": box_xyxy, "image_size": encoded.size}
+        if self.augment_on == "device":
+            geometry = augment_geometry(encoded.size, sample.box_xyxy, params, config)
+            text = swap_left_right(sample.text) if params.flipped else sample.text
+            width, height = geometry.final_size
+            item |= {
+                "encoded": (encoded.data, encoded.size, encoded.format),
+                "image_path": str(sample.image_path),
+                "augment_params": params.to_row(),
+                "source_box": None if sample.box_xyxy is None else list(sample.box_xyxy),
+                "content_size": (height, width),
+                "offsets": geometry.offsets,
+                "box": geometry.box_cxcywh,
+                "text": text,
+                "flipped": params.flipped,
+                "text_swapped": text != sample.text,
+            }
+        else:
+            image = decode_images([encoded], [sample.image_path], torch.device("cpu"))[0]
+            out = apply_augment_params(image, sample.box_xyxy, sample.text, params, config)
+            item |= {
+                "pixels": out.pixels,
+                "offsets": out.offsets,
+                "box": out.box_cxcywh,
+                "text": out.text,
+                "flipped": out.flipped,
+                "text_swapped": out.text_swapped,
+            }
+        item["size"] = config.image_size
         if view is not None:
             item["view"] = view
         return item
@@ -101,6 +151,23 @@ def stack_optional(values: Sequence[torch.Tensor | None]) -> torch.Tensor | None
     return torch.stack([zeros if value is None else value for value in values])
 
 
+def collate_pixels(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The pixel fields of a batch of `GroundingDataset` items, as uint8 or bytes (module docstring)."""
+    if "encoded" in batch[0]:  # "device" augmentation: bytes and choices, pixels made on the device
+        return {
+            "encoded": [item["encoded"] for item in batch],
+            "image_path": [item["image_path"] for item in batch],
+            "augment_params": torch.tensor([item["augment_params"] for item in batch], dtype=torch.long),
+            "source_box": [item["source_box"] for item in batch],
+            "pixel_size": torch.tensor([item["content_size"] for item in batch], dtype=torch.long),
+            "pixel_offset": torch.tensor([item["offsets"] for item in batch], dtype=torch.long),
+        }
+    square, sizes, offsets = pad_uint8(
+        [item["pixels"] for item in batch], [item["offsets"] for item in batch], batch[0]["size"]
+    )
+    return {"pixels": square, "pixel_size": sizes, "pixel_offset": offsets}
+
+
 def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> dict[str, Any]:
     """Stack a list of `GroundingDataset` items and tokenize their texts.
 
@@ -115,9 +182,7 @@ def collate_grounding(batch: Sequence[dict[str, Any]], tokenize: Tokenize) -> di
             f"tokenize returned ids {tuple(token_ids.shape)} and mask {tuple(token_mask.shape)} "
             f"for a batch of {len(batch)} texts"
         )
-    collated = {
-        "pixels": torch.stack([item["pixels"] for item in batch]),
-        "pixel_mask": torch.stack([item["pixel_mask"] for item in batch]),
+    collated = collate_pixels(batch) | {
         "box": stack_optional([item["box"] for item in batch]),
         "box_xyxy": stack_optional([item["box_xyxy"] for item in batch]),
         "has_box": torch.tensor([item["box"] is not None for item in batch], dtype=torch.bool),

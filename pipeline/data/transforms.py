@@ -93,10 +93,15 @@ class TransformConfig:
 
 @dataclass(frozen=True)
 class TransformedSample:
-    """A transformed sample ready for collation."""
+    """A transformed sample ready for collation: uint8 content, placed in an S x S square at `offsets`.
 
-    pixels: torch.Tensor  # float32 [3, S, S], normalized; padding is 0 (the mean colour)
-    pixel_mask: torch.Tensor  # bool [S, S], True = padding
+    Loader workers ship these 8-bit pixels (a quarter of float32's bytes, no mask); normalising,
+    padding and the mask are made on the training device (`pipeline/data/device_batch.py`).
+    """
+
+    pixels: torch.Tensor  # uint8 [3, h, w], the content (h, w <= S), not normalised, not padded
+    offsets: tuple[int, int]  # (top, left) of the content in the S x S square
+    size: int  # S, the square's side
     box_cxcywh: torch.Tensor | None  # float32 [4], centre x/y, width, height divided by S; None: no box
     text: str  # left/right swapped when flipped
     flipped: bool
@@ -104,30 +109,17 @@ class TransformedSample:
 
 
 class Transform(Protocol):
-    """What `GroundingDataset` calls on each sample."""
+    """What `GroundingDataset` calls on each sample: its draws (`draw`), then `apply_augment_params`."""
 
-    def __call__(
-        self, image: Image.Image, box_xyxy: Sequence[float] | None, text: str, rng: np.random.Generator
-    ) -> TransformedSample: ...
+    config: TransformConfig
 
-
-def _clipped_box(box_xyxy: Sequence[float] | np.ndarray | None, image: Image.Image) -> np.ndarray | None:
-    """The box clipped to the image, so that it never claims pixels that do not exist; None: no box."""
-    if box_xyxy is None:
-        return None
-    width, height = image.size
-    return np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
-
-
-def _resize(
-    image: Image.Image, box: np.ndarray | None, width: int, height: int
-) -> tuple[Image.Image, np.ndarray | None]:
-    scale = np.array([width / image.width, height / image.height] * 2)
-    resized = F.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    if box is None:
-        return resized, None
-    # Clip away float error (600.0000001 on a 600 px image), which would break the crop's bounds.
-    return resized, _clipped_box(box * scale, resized)
+    def draw(
+        self,
+        image_size: tuple[int, int],
+        box_xyxy: Sequence[float] | None,
+        text: str,
+        rng: np.random.Generator,
+    ) -> AugmentParams: ...
 
 
 def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -135,23 +127,9 @@ def long_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
-def resize_long_side(
-    image: Image.Image, box: np.ndarray | None, size: int
-) -> tuple[Image.Image, np.ndarray | None]:
-    """Resize so that the longer side is `size`, keeping the aspect ratio; the box follows."""
-    return _resize(image, box, *long_side_size(image.width, image.height, size))
-
-
 def _short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     ratio = size / min(width, height)
     return max(1, round(width * ratio)), max(1, round(height * ratio))
-
-
-def resize_short_side(
-    image: Image.Image, box: np.ndarray | None, size: int
-) -> tuple[Image.Image, np.ndarray | None]:
-    """Resize so that the shorter side is `size`, keeping the aspect ratio; the box follows."""
-    return _resize(image, box, *_short_side_size(image.width, image.height, size))
 
 
 def crop_window(
@@ -188,25 +166,6 @@ def crop_window(
     return top, left, crop_height, crop_width
 
 
-def apply_crop(
-    image: Image.Image, box: np.ndarray | None, window: tuple[int, int, int, int]
-) -> tuple[Image.Image, np.ndarray | None]:
-    top, left, height, width = window
-    cropped = F.crop(image, top, left, height, width)
-    return cropped, None if box is None else box - np.array([left, top, left, top])
-
-
-def random_crop_keeping_box(
-    image: Image.Image, box: np.ndarray | None, size_range: tuple[int, int], rng: np.random.Generator
-) -> tuple[Image.Image, np.ndarray | None]:
-    """Crop a random region of random size in `size_range` that contains the whole box.
-
-    Returns the input unchanged when no allowed crop size can hold the box (TransVG gives up too).
-    """
-    window = crop_window(image.width, image.height, box, size_range, rng)
-    return (image, box) if window is None else apply_crop(image, box, window)
-
-
 _JITTER_ADJUSTMENTS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
 
 
@@ -221,29 +180,20 @@ def draw_jitter(
     return tuple(float(f) for f in factors), tuple(int(i) for i in rng.permutation(len(_JITTER_ADJUSTMENTS)))
 
 
-def apply_jitter(image: Image.Image, factors: Sequence[float], order: Sequence[int]) -> Image.Image:
+def apply_jitter(image: torch.Tensor, factors: Sequence[float], order: Sequence[int]) -> torch.Tensor:
+    """torchvision's ColorJitter steps on a uint8 [3, H, W] tensor (any device), in `order`."""
     for which in order:
         image = _JITTER_ADJUSTMENTS[which](image, float(factors[which]))
     return image
 
 
-def color_jitter(
-    image: Image.Image, strength: float, rng: np.random.Generator, prob: float = 1.0
-) -> Image.Image:
-    """torchvision's ColorJitter(strength, strength, strength) with probability `prob` (TransVG: 0.8),
-    drawing the coin, the factors and the order from `rng`.
-
-    Applied to the PIL image: PIL's enhancers are ~50x faster than the uint8-tensor kernels on CPU.
-    """
-    return apply_jitter(image, *draw_jitter(strength, rng, prob))
-
-
-def hflip(image: Image.Image, box: np.ndarray | None) -> tuple[Image.Image, np.ndarray | None]:
-    """Mirror an image and its box left to right."""
+def hflip(image: torch.Tensor, box: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Mirror an image ([3, H, W] tensor or PIL) and its box left to right."""
+    width = F.get_size(image)[1]
     if box is None:
         return F.horizontal_flip(image), None
     x1, y1, x2, y2 = box
-    return F.horizontal_flip(image), np.array([image.width - x2, y1, image.width - x1, y2])
+    return F.horizontal_flip(image), np.array([width - x2, y1, width - x1, y2])
 
 
 def pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, int]:
@@ -255,39 +205,13 @@ def pad_offsets(config: TransformConfig, height: int, width: int) -> tuple[int, 
     return round((size - height) / 2.0 - 0.1), round((size - width) / 2.0 - 0.1)
 
 
-def normalize_and_pad(
-    pixels: torch.Tensor,
-    box: np.ndarray | None,
-    config: TransformConfig,
-    offsets: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Normalize a uint8 [3, h, w] image, pad it to S x S, and express the box as normalized cxcywh
-    (None when there is no box).
-
-    `offsets`: (top, left) of the image in the square; default `config.pad_position`'s.
-    """
-    size = config.image_size
-    height, width = pixels.shape[-2:]
-    if height > size or width > size:
-        raise ValueError(f"image {width}x{height} is larger than the padded size {size}")
-    normalized = F.normalize(
-        F.to_dtype(pixels, torch.float32, scale=True), list(config.mean), list(config.std)
-    )
-    top, left = offsets if offsets is not None else pad_offsets(config, height, width)
-    padded = torch.zeros((3, size, size), dtype=torch.float32)
-    padded[:, top : top + height, left : left + width] = normalized
-    mask = torch.ones((size, size), dtype=torch.bool)
-    mask[top : top + height, left : left + width] = False
-    return padded, mask, None if box is None else _padded_cxcywh(box, top, left, size)
-
-
 def student_view_image(
     pixels: torch.Tensor, pixel_mask: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> Image.Image:
     """The 8-bit RGB image inside one normalized, padded student tensor: the pixels the student sees.
 
-    Inverts `normalize_and_pad` exactly (the float error is far below half a grey level), so a teacher
-    can preprocess the student's view the way the cache preprocesses an image file.
+    Inverts the device-side normalisation exactly (the float error is far below half a grey level), so
+    a teacher can preprocess the student's view the way the cache preprocesses an image file.
     """
     rows = (~pixel_mask).any(dim=1).nonzero().flatten()
     cols = (~pixel_mask).any(dim=0).nonzero().flatten()
@@ -305,8 +229,8 @@ def _padded_cxcywh(box: np.ndarray, top: int, left: int, size: int) -> torch.Ten
     return torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
 
 
-def _as_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+def _clip(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.clip(box, 0.0, [width, height, width, height])
 
 
 @dataclass(frozen=True)
@@ -391,29 +315,96 @@ def draw_augment_params(
     return AugmentParams(short, window, longest, factors, order, flipped, offsets)
 
 
+@dataclass(frozen=True)
+class AugmentGeometry:
+    """What `AugmentParams` do to an image of a given size, computed without its pixels: the sizes of
+    each step, where the content lands in the square, and the box. The worker (box, text) and the
+    pixel step (any device) both read it, so they cannot disagree."""
+
+    short_side_size: tuple[int, int] | None  # (width, height) after the crop branch's resize; None: none
+    crop: tuple[int, int, int, int] | None  # (top, left, height, width)
+    final_size: tuple[int, int]  # (width, height) of the content
+    offsets: tuple[int, int]  # (top, left) in the square
+    box_cxcywh: torch.Tensor | None
+
+
+def augment_geometry(
+    image_size: tuple[int, int],
+    box_xyxy: Sequence[float] | None,
+    params: AugmentParams,
+    config: TransformConfig,
+) -> AugmentGeometry:
+    """The sizes and the box of `apply_augment_params`, from the image's (width, height) alone."""
+    width, height = image_size
+    box = None if box_xyxy is None else _clip(np.asarray(box_xyxy, dtype=np.float64), width, height)
+    short_size = None
+    if params.crop_short_side:
+        short_size = _short_side_size(width, height, params.crop_short_side)
+        if box is not None:
+            # Clip away float error (600.0000001 on a 600 px image), which would break the crop's bounds.
+            box = _clip(box * np.array([short_size[0] / width, short_size[1] / height] * 2), *short_size)
+        width, height = short_size
+        if params.crop is not None:
+            top, left, height, width = params.crop
+            box = None if box is None else box - np.array([left, top, left, top])
+    final = long_side_size(width, height, params.scale)
+    if box is not None:
+        box = _clip(box * np.array([final[0] / width, final[1] / height] * 2), *final)
+        if params.flipped:
+            x1, y1, x2, y2 = box
+            box = np.array([final[0] - x2, y1, final[0] - x1, y2])
+    offsets = params.offsets if params.offsets is not None else pad_offsets(config, final[1], final[0])
+    size = config.image_size
+    if final[0] > size or final[1] > size:
+        raise ValueError(f"image {final[0]}x{final[1]} is larger than the padded size {size}")
+    box_cxcywh = None if box is None else _padded_cxcywh(box, offsets[0], offsets[1], size)
+    return AugmentGeometry(short_size, params.crop, final, offsets, box_cxcywh)
+
+
+def _resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    return F.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def augment_pixels(image: torch.Tensor, params: AugmentParams, geometry: AugmentGeometry) -> torch.Tensor:
+    """The pixel steps of `params` on a uint8 [3, H, W] tensor, on its device: resize, crop, resize,
+    colour jitter, flip (torchvision.transforms.v2.functional on uint8). Returns uint8 [3, h, w]."""
+    if geometry.short_side_size is not None:
+        image = _resize(image, *geometry.short_side_size)
+        if geometry.crop is not None:
+            image = F.crop(image, *geometry.crop)
+    image = _resize(image, *geometry.final_size)
+    image = apply_jitter(image, params.jitter_factors, params.jitter_order)
+    return F.horizontal_flip(image) if params.flipped else image
+
+
+def as_uint8_rgb(image: torch.Tensor | Image.Image) -> torch.Tensor:
+    """A uint8 [3, H, W] tensor as it is; a PIL image in RGB as one."""
+    if isinstance(image, Image.Image):
+        return F.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+    return image
+
+
 def apply_augment_params(
-    image: Image.Image,
+    image: torch.Tensor | Image.Image,
     box_xyxy: Sequence[float] | None,
     text: str,
     params: AugmentParams,
     config: TransformConfig,
 ) -> TransformedSample:
-    """The train transform with every random choice taken from `params` (`box_xyxy=None`: no box)."""
-    image = _as_rgb(image)
-    box = _clipped_box(box_xyxy, image)
-    if params.crop_short_side:
-        image, box = resize_short_side(image, box, params.crop_short_side)
-        if params.crop is not None:
-            image, box = apply_crop(image, box, params.crop)
-    image, box = resize_long_side(image, box, params.scale)
-    image = apply_jitter(image, params.jitter_factors, params.jitter_order)
-    out_text = text
-    if params.flipped:
-        image, box = hflip(image, box)
-        out_text = swap_left_right(text)
-    padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, config, params.offsets)
+    """The train transform with every random choice taken from `params` (`box_xyxy=None`: no box), on a
+    uint8 [3, H, W] tensor on any device (a PIL image is converted first)."""
+    image = as_uint8_rgb(image)
+    height, width = image.shape[-2:]
+    geometry = augment_geometry((width, height), box_xyxy, params, config)
+    out_text = swap_left_right(text) if params.flipped else text
     return TransformedSample(
-        padded, mask, box_cxcywh, out_text, params.flipped, text_swapped=out_text != text
+        augment_pixels(image, params, geometry),
+        geometry.offsets,
+        config.image_size,
+        geometry.box_cxcywh,
+        out_text,
+        params.flipped,
+        text_swapped=out_text != text,
     )
 
 
@@ -423,40 +414,53 @@ class TrainTransform:
     def __init__(self, config: TransformConfig | None = None) -> None:
         self.config = config or TransformConfig()
 
+    def draw(
+        self,
+        image_size: tuple[int, int],
+        box_xyxy: Sequence[float] | None,
+        text: str,
+        rng: np.random.Generator,
+    ) -> AugmentParams:
+        return draw_augment_params(image_size, box_xyxy, text, self.config, rng)
+
     def __call__(
-        self, image: Image.Image, box_xyxy: Sequence[float] | None, text: str, rng: np.random.Generator
+        self,
+        image: torch.Tensor | Image.Image,
+        box_xyxy: Sequence[float] | None,
+        text: str,
+        rng: np.random.Generator,
     ) -> TransformedSample:
-        params = draw_augment_params(image.size, box_xyxy, text, self.config, rng)
+        image = as_uint8_rgb(image)
+        params = self.draw((image.shape[-1], image.shape[-2]), box_xyxy, text, rng)
         return apply_augment_params(image, box_xyxy, text, params, self.config)
 
 
 class EvalTransform:
-    """Longest side to `image_size`, normalize, pad; deterministic (`rng` is accepted and unused)."""
+    """Longest side to `image_size`, normalize, pad; deterministic (`rng` is accepted and unused): the
+    train transform's apply step with fixed choices (no crop, no jitter, no flip)."""
 
     def __init__(self, config: TransformConfig | None = None) -> None:
         self.config = config or TransformConfig()
 
+    def draw(
+        self,
+        image_size: tuple[int, int] | None = None,
+        box_xyxy: Sequence[float] | None = None,
+        text: str = "",
+        rng: np.random.Generator | None = None,
+    ) -> AugmentParams:
+        return AugmentParams(scale=self.config.image_size)
+
     def __call__(
         self,
-        image: Image.Image,
+        image: torch.Tensor | Image.Image,
         box_xyxy: Sequence[float] | None,
         text: str,
         rng: np.random.Generator | None = None,
     ) -> TransformedSample:
-        image = _as_rgb(image)
-        image, box = resize_long_side(image, _clipped_box(box_xyxy, image), self.config.image_size)
-        padded, mask, box_cxcywh = normalize_and_pad(F.pil_to_tensor(image), box, self.config)
-        return TransformedSample(padded, mask, box_cxcywh, text, flipped=False, text_swapped=False)
+        return apply_augment_params(image, box_xyxy, text, self.draw(), self.config)
 
     def box(self, box_xyxy: Sequence[float] | None, image_size: tuple[int, int]) -> torch.Tensor | None:
         """The normalized cxcywh box `__call__` gives for an image of `image_size` (width, height),
         computed without its pixels: several records of one image need one decode. None: no box."""
-        if box_xyxy is None:
-            return None
-        width, height = image_size
-        new_width, new_height = long_side_size(width, height, self.config.image_size)
-        clipped = np.clip(np.asarray(box_xyxy, dtype=np.float64), 0.0, [width, height, width, height])
-        scale = np.array([new_width / width, new_height / height] * 2)
-        resized = np.clip(clipped * scale, 0.0, [new_width, new_height, new_width, new_height])
-        top, left = pad_offsets(self.config, new_height, new_width)
-        return _padded_cxcywh(resized, top, left, self.config.image_size)
+        return augment_geometry(image_size, box_xyxy, self.draw(), self.config).box_cxcywh

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config_fields import parse_assignments, split_assignment
+from pipeline.data.device_batch import AUGMENT_ON
 from pipeline.losses import LossConfig
 from pipeline.student.config import StudentConfig
 
@@ -55,6 +56,7 @@ class TrainConfig:
     train_fraction: float = 1.0  # a seeded fraction of the train images (data-size experiments)
     augment: bool = True  # False: train on the eval transform (overfitting checks)
     aug_translate: bool = False  # TransVG's --aug_translate: a random place in the padded square
+    augment_on: str = "auto"  # where augmentation's pixels are made: AUGMENT_ON (auto: device on CUDA)
     view_targets: str = "exact"  # exact-view stores only: VIEW_TARGETS
     blank_text: bool = False  # the image-only control: every expression replaced by an empty one
     precompute_frozen: bool = False  # run the frozen branches once (no augmentation, or exact views)
@@ -82,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
         if self.distill == "cached" and self.cache is None:
             raise ValueError("--distill cached needs --cache STORE (build one with `epmvg cache build`)")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
         if self.view_targets not in VIEW_TARGETS:
             raise ValueError(f"--view-targets must be one of {VIEW_TARGETS}, got {self.view_targets!r}")
         if self.frozen_dtype not in FROZEN_DTYPES:

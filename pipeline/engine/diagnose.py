@@ -51,7 +51,8 @@ def reg_attention(model: StudentBase, batch: dict[str, Any]) -> dict[str, float]
 
 
 def diagnose(model: StudentBase, batch: dict[str, Any]) -> dict[str, float]:
-    """Both probes on one collated batch (eval mode: dropout would blur them)."""
+    """Both probes on one collated batch made ready on the model's device (`to_device_batch`: float
+    pixels and mask); eval mode: dropout would blur them."""
     model.eval()
     return {**box_dependence(model, batch), **reg_attention(model, batch)}
 
@@ -61,6 +62,7 @@ def diagnose_checkpoint(
 ) -> dict[str, float]:
     """The probes on the first `samples` records of a split of the checkpoint's dataset."""
     from pipeline.data import EvalTransform, GroundingDataset
+    from pipeline.data.device_batch import to_device_batch
     from pipeline.engine.evaluate import data_config_for, load_student
     from pipeline.engine.setup import prepare_split
     from pipeline.student import make_collate, transform_config_for
@@ -72,4 +74,5 @@ def diagnose_checkpoint(
         raise ValueError(f"split {split!r} has {len(records)} usable records; the probes need at least 2")
     dataset = GroundingDataset(records, EvalTransform(transform_config_for(model.config)), seed=0)
     batch = make_collate(model.config)([dataset[i] for i in range(len(dataset))])
+    batch = to_device_batch(batch, dataset.transform.config, next(model.parameters()).device)
     return {"split": split, "samples": len(records), **diagnose(model, batch)}

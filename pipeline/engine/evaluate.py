@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
 from pipeline.data import EvalTransform, available_splits
-from pipeline.data.images import read_rgb
+from pipeline.data.decode import read_image_tensor
+from pipeline.data.device_batch import sample_pixels, to_device_batch
 from pipeline.data.torch_dataset import GroundingDataset
 from pipeline.data.transforms import TransformConfig, long_side_size, pad_offsets
 from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
@@ -92,6 +92,7 @@ def predict_split(
     model.eval()
     local: list[Prediction] = []
     for batch in loader:
+        batch = to_device_batch(batch, transform_config, device)
         with autocast():
             output = model(**model_inputs(batch, device))
         box = clamp_normalized(box_convert(output.box.float().cpu(), "cxcywh", "xyxy"))
@@ -135,18 +136,21 @@ def load_student(checkpoint: Path, device: str = "cpu") -> tuple[torch.nn.Module
 def predict_image(model: torch.nn.Module, image_path: Path, text: str) -> tuple[float, float, float, float]:
     """The box (pixels xyxy) the student grounds `text` to in one image."""
     config = model.config
-    rgb = read_rgb(image_path)
+    image = read_image_tensor(image_path)
     transform_config = transform_config_for(config)
-    sample = EvalTransform(transform_config)(rgb, (0.0, 0.0, 1.0, 1.0), text, np.random.default_rng(0))
+    sample = EvalTransform(transform_config)(image, None, text)
+    pixels, pixel_mask = sample_pixels(sample, transform_config.mean, transform_config.std)
     token_ids, token_mask = tokenize([text], build_tokenizer(config), config.max_query_len)
     device = next(model.parameters()).device
     output = model(
-        sample.pixels[None].to(device),
-        sample.pixel_mask[None].to(device),
+        pixels[None].to(device),
+        pixel_mask[None].to(device),
         token_ids.to(device),
         token_mask.to(device),
     )
-    box = to_pixels(output.box.float().cpu(), torch.tensor([rgb.size]), transform_config)[0]
+    box = to_pixels(
+        output.box.float().cpu(), torch.tensor([[image.shape[-1], image.shape[-2]]]), transform_config
+    )[0]
     return tuple(float(v) for v in box)
 
 

@@ -46,10 +46,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data import EvalTransform
+from pipeline.data import EvalTransform, TransformConfig
+from pipeline.data.device_batch import to_device_batch
 from pipeline.data.sample import Sample
 from pipeline.data.text import swap_left_right
-from pipeline.data.torch_dataset import open_rgb
+from pipeline.data.torch_dataset import collate_pixels, open_image_tensor
 from pipeline.engine.distributed import DistEnv
 from pipeline.errors import ExpectedError
 
@@ -226,17 +227,14 @@ class _FirstRecordOfEachImage(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.samples[i]
-        image = open_rgb(sample)
+        image = open_image_tensor(sample)
         out = self.transform(image, sample.box_xyxy, sample.text)
-        return {"pixels": out.pixels, "pixel_mask": out.pixel_mask, "image_size": image.size}
+        size = (image.shape[-1], image.shape[-2])
+        return {"pixels": out.pixels, "offsets": out.offsets, "size": out.size, "image_size": size}
 
 
 def _collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixels": torch.stack([item["pixels"] for item in items]),
-        "pixel_mask": torch.stack([item["pixel_mask"] for item in items]),
-        "image_size": [item["image_size"] for item in items],
-    }
+    return collate_pixels(items) | {"image_size": [item["image_size"] for item in items]}
 
 
 def _own_generator() -> torch.Generator:
@@ -269,7 +267,11 @@ def _loader(
 
 
 def _run_backbone(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype = torch.float32
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    config: TransformConfig,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """The frozen backbone over every batch: (maps [N, C, h, w] in `dtype`, their padding masks [N, h, w],
     each batch's other fields). The outputs are allocated once, at the first batch, and filled in
@@ -279,8 +281,9 @@ def _run_backbone(
     start = 0
     with _channels_last(model.backbone):
         for batch in loader:
-            pixels = batch["pixels"].to(device).contiguous(memory_format=torch.channels_last)
-            feature, pad = model.backbone_features(pixels, batch["pixel_mask"].to(device))
+            batch = to_device_batch(batch, config, device)
+            pixels = batch["pixels"].contiguous(memory_format=torch.channels_last)
+            feature, pad = model.backbone_features(pixels, batch["pixel_mask"])
             if start == 0:
                 total = len(loader.sampler)
                 features = torch.empty((total, *feature.shape[1:]), dtype=dtype)
@@ -293,7 +296,7 @@ def _run_backbone(
                 {
                     key: value.clone() if isinstance(value, Tensor) else value
                     for key, value in batch.items()
-                    if key not in ("pixels", "pixel_mask")
+                    if key not in ("pixels", "pixel_mask", "pixel_size", "pixel_offset", "augment_params")
                 }
             )
     return features[:start], pads[:start], batches
@@ -354,7 +357,7 @@ def build_image_table(
         first_of_image.setdefault(sample.image_key, sample)
     first_records = _FirstRecordOfEachImage(list(first_of_image.values()), transform)
     loader = _loader(first_records, _collate_images, batch_size, workers)
-    features, pads, batches = _run_backbone(model, loader, device, dtype)
+    features, pads, batches = _run_backbone(model, loader, device, transform.config, dtype)
     model.train(was_training)
     sizes = [size for batch in batches for size in batch["image_size"]]
     return ImageTable(list(first_of_image), features, pads, torch.tensor(sizes, dtype=torch.long))
@@ -404,9 +407,7 @@ def build_frozen_table(
 
 
 def _collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixels": torch.stack([item["pixels"] for item in items]),
-        "pixel_mask": torch.stack([item["pixel_mask"] for item in items]),
+    return collate_pixels(items) | {
         "box": torch.stack([item["box"] for item in items]),
         "text": [item["text"] for item in items],
         **{
@@ -436,7 +437,7 @@ def build_view_table(
     was_training = model.training
     model.eval()
     loader = _loader(dataset, _collate_views, batch_size, workers, sampler=range(views * len(dataset)))
-    features, pads, batches = _run_backbone(model, loader, device, dtype)
+    features, pads, batches = _run_backbone(model, loader, device, dataset.transform.config, dtype)
     texts = [text for batch in batches for text in batch["text"]]
     states, masks, text_of = _text_table(model, texts, tokenize, device, batch_size, dtype)
     model.train(was_training)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.criterion import LossTargets
 from pipeline.data import EvalTransform, GroundingDataset, TrainTransform, check_supervision
+from pipeline.data.device_batch import resolve_augment_on, to_device_batch
 from pipeline.engine.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import (
@@ -92,6 +93,7 @@ class Trainer:
         self.train_set = GroundingDataset(
             self.samples[config.train_split], train_transform(train_transform_config), seed=config.seed
         )
+        self.train_set.augment_on = resolve_augment_on(config.augment_on, self.device)
         self.collate = make_collate(self.student_config)
         self.autocast = autocast_factory(self.device, config.amp)
 
@@ -224,6 +226,7 @@ class Trainer:
         """One optimizer step. Returns the detached loss terms ("loss/<name>") and diagnostics
         ("diag/<name>") on the device: reading them here would make the host wait for the GPU every
         step (`synced_means` does it every `sync_every` steps)."""
+        batch = to_device_batch(batch, self.transform_config, self.device)
         teacher_image, teacher_text = self.source.targets(batch)
         with self.autocast():
             output = self.ddp_model(**model_inputs(batch, self.device))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pipeline.data import TransformConfig
@@ -31,9 +32,14 @@ def transform_fingerprint(transform: TransformConfig) -> dict[str, Any]:
 
 
 def render_view(
-    image: Image.Image, box_xyxy: Sequence[float], text: str, row: Sequence[int], transform: TransformConfig
+    image: torch.Tensor | Image.Image,
+    box_xyxy: Sequence[float] | None,
+    text: str,
+    row: Sequence[int],
+    transform: TransformConfig,
 ) -> TransformedSample:
-    """One stored view: the train transform with its choices read from `row`."""
+    """One stored view: the train transform's apply step, the student's loader's own, with its choices
+    read from `row`; `image` uint8 [3, H, W] (any device) or PIL."""
     return apply_augment_params(image, box_xyxy, text, AugmentParams.from_row(row), transform)
 
 
@@ -49,14 +55,21 @@ class ViewReplay:
     def count(self) -> int:
         return int(self.params.shape[1])
 
-    def __call__(self, image: Image.Image, sample: Sample, epoch: int) -> tuple[TransformedSample, int]:
+    def choices(self, sample: Sample, epoch: int) -> tuple[AugmentParams, int]:
+        """The stored choices of record `sample` in `epoch`, and the view's number."""
         row = int(self.view_row[sample.index])
         if row < 0:
             raise ViewsMismatchError(
                 f"the store has no views for {sample.split} record {sample.index} (it skipped it)"
             )
         view = epoch % self.count
-        return render_view(image, sample.box_xyxy, sample.text, self.params[row, view], self.transform), view
+        return AugmentParams.from_row(self.params[row, view]), view
+
+    def __call__(
+        self, image: torch.Tensor | Image.Image, sample: Sample, epoch: int
+    ) -> tuple[TransformedSample, int]:
+        params, view = self.choices(sample, epoch)
+        return render_view(image, sample.box_xyxy, sample.text, params.to_row(), self.transform), view
 
 
 def check_views(stored: dict[str, Any], transform: TransformConfig, split: str, store: Path) -> None:

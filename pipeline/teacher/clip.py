@@ -20,10 +20,11 @@ import huggingface_hub
 import open_clip
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from pipeline.data import file_sha256
 from pipeline.data.images import read_rgb
-from pipeline.data.transforms import student_view_image
+from pipeline.data.transforms import TransformedSample, student_view_image
 from pipeline.errors import ExpectedError
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
@@ -210,6 +211,13 @@ class Teacher:
         """
         views = [student_view_image(p, m, mean, std) for p, m in zip(pixels, pixel_mask, strict=True)]
         return torch.stack([self.preprocess(view) for view in views])
+
+    def preprocess_view(self, view: TransformedSample) -> torch.Tensor:
+        """The teacher's input [3, S_t, S_t] float32 for one rendered student view (`render_view`): the
+        content the student sees (its uint8 pixels, without the padding), through `preprocess`, as the
+        cache preprocesses an image file. Equal to `preprocess_student_pixels` on the view's float
+        tensor; the exact-view cache job calls it in its loader workers."""
+        return self.preprocess(F.to_pil_image(view.pixels.cpu()))
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

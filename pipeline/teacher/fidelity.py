@@ -3,7 +3,7 @@
 The cache embeds each image once as is and once flipped; the student trains on crops, scale jitter,
 colour jitter and flips. For sampled training records and one kind of augmentation at a time this
 compares cos(cached target, online target), where the online target is the teacher run on exactly
-the augmented pixels (the online trainer's path: `Teacher.preprocess_student_pixels`).
+the augmented pixels (`Teacher.preprocess_view`, equal to the online trainer's path).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline.data import (
     validate_samples,
 )
 from pipeline.data.sample import Sample
-from pipeline.data.torch_dataset import open_rgb
+from pipeline.data.torch_dataset import open_image_tensor
 from pipeline.teacher import Teacher
 from pipeline.teacher.cache_job import embed_images
 
@@ -111,10 +111,8 @@ def online_targets(
     embeddings, flipped = [], []
     for sample in records:
         rng = np.random.default_rng((seed, kind_number, sample.index))
-        view = augment(open_rgb(sample), sample.box_xyxy, sample.text, rng)
-        pixels = teacher.preprocess_student_pixels(
-            view.pixels[None], view.pixel_mask[None], transform.mean, transform.std
-        )
+        view = augment(open_image_tensor(sample), sample.box_xyxy, sample.text, rng)
+        pixels = teacher.preprocess_view(view)[None]
         embeddings.append(teacher.encode_images(pixels)[0])
         flipped.append(view.flipped)
     return torch.stack(embeddings), torch.tensor(flipped)

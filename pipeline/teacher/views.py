@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import TransformConfig, load_split
+from pipeline.data.decode import read_image_tensor
 from pipeline.data.transforms import AugmentParams, draw_augment_params
 from pipeline.student import student_preset, transform_config_for
 from pipeline.targets.replay import render_view, transform_fingerprint
@@ -102,19 +103,15 @@ def params_table(items: Sequence[str]) -> np.ndarray:
 
 
 def embed_views(teacher: Teacher, items: Sequence[str], transform: TransformConfig) -> np.ndarray:
-    """[rows, K, d] float32: the teacher's [DIE] of each view's pixels, framed as the online teacher
-    frames the student's input (`Teacher.preprocess_student_pixels`)."""
+    """[rows, K, d] float32: the teacher's [DIE] of each view's pixels, rendered by the student's
+    loader's own apply step (`render_view`) and framed as the online teacher frames the student's input
+    (`Teacher.preprocess_view`)."""
     out = []
     for item in items:
         path, box, text, rows = json.loads(item)
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        views = [render_view(rgb, box, text, row, transform) for row in rows]
-        pixels = teacher.preprocess_student_pixels(
-            torch.stack([v.pixels for v in views]),
-            torch.stack([v.pixel_mask for v in views]),
-            transform.mean,
-            transform.std,
+        image = read_image_tensor(Path(path))  # read_rgb's checks: a bad file gives one line
+        pixels = torch.stack(
+            [teacher.preprocess_view(render_view(image, box, text, row, transform)) for row in rows]
         )
         out.append(teacher.encode_images(pixels).cpu())
     return torch.stack(out).numpy()
