@@ -1,9 +1,11 @@
 """Phase 1 end to end on the real RefCOCO split files with a tiny random open_clip teacher (CPU)."""
 
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,75 @@ def test_hdf5_round_trip_through_the_cli(clean_store, tmp_path):
 def test_two_dask_workers_equal_one_worker(shared_data, clean_store, tmp_path):
     out = build_cache(job(shared_data, tmp_path / "store", workers=2))
     assert_same_store(out, clean_store)
+
+
+@pytest.fixture
+def external_dask(tmp_path):
+    """A real `dask scheduler` and one default (nanny-started, hence daemonic) `dask worker` on localhost."""
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    common = dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [
+            dask_cli,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        **common,
+    )
+    worker = subprocess.Popen(
+        [
+            dask_cli,
+            "worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+        ],
+        **common,
+    )
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file():
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.2)
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_external_scheduler_with_daemonic_worker_equals_local_build(
+    shared_data, clean_store, tmp_path, external_dask
+):
+    # decode_workers=2: a daemonic dask worker cannot start DataLoader processes; it must still build.
+    out = build_cache(job(shared_data, tmp_path / "store", scheduler=external_dask, decode_workers=2))
+    assert_same_store(out, clean_store)
+
+
+def test_resume_with_another_compute_dtype_is_refused(shared_data, clean_store, tmp_path, monkeypatch):
+    # A store half-built in fp32 on a CPU must not be finished in bf16 on a GPU: rows would mix.
+    from pipeline.teacher import clip
+
+    out = tmp_path / "store"
+    shutil.copytree(clean_store, out)
+    monkeypatch.setattr(clip, "compute_dtype", lambda device: "bfloat16")
+    with pytest.raises(storage.FingerprintMismatchError, match="compute"):
+        build_cache(job(shared_data, out))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,9 @@ class CacheJobConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     out: Path | None = None  # default: cache/<dataset>/<fingerprint prefix>
     dtype: str = "float16"
-    batch_size: int = 256
-    decode_workers: int = 4  # image-decoding processes per teacher process
+    batch_size: int = 256  # images per teacher batch
+    text_batch_size: int = 4096  # texts per teacher batch (the text tower is small: big batches)
+    decode_workers: int | None = None  # image-decoding processes per teacher process; None: usable CPUs
     workers: int = 1  # >1: that many dask workers on a LocalCluster
     scheduler: str | None = None  # address of an existing dask scheduler
     skip_missing: bool = False
@@ -133,31 +137,101 @@ class _DecodedImages(Dataset):
         return self.load(self.paths[index])
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_decode_workers(teacher_processes: int) -> int:
+    """Decode processes per teacher: the usable CPUs shared by the teacher processes, one CPU each left
+    to the teacher itself."""
+    return max(1, usable_cpus() // max(1, teacher_processes) - 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _note_daemonic_decoding() -> None:
+    # Once per process: every shard of a dask worker would say it again.
+    log.warning(
+        "this process is daemonic (a dask worker started by a nanny) and cannot start DataLoader "
+        "processes: images are decoded by threads in it instead"
+    )
+
+
+def _threaded_batches(
+    dataset: Dataset, batches: Sequence[Sequence[int]], threads: int, pin: bool
+) -> Iterator[torch.Tensor]:
+    """The loader's batches [B, 3, S, S], decoded by a thread pool one batch ahead (PIL's decoding and
+    resampling release the GIL), for processes that may not have child processes."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        ahead = None
+        for rows in [*batches, None]:
+            submitted = None if rows is None else [pool.submit(dataset.__getitem__, row) for row in rows]
+            if ahead is not None:
+                pixels = torch.stack([future.result() for future in ahead])
+                yield pixels.pin_memory() if pin else pixels
+            ahead = submitted
+
+
+def _image_batches(
+    dataset: Dataset, batches: list[list[int]], decode_workers: int, pin: bool
+) -> Iterator[torch.Tensor]:
+    if decode_workers > 0 and multiprocessing.current_process().daemon:
+        _note_daemonic_decoding()
+        return _threaded_batches(dataset, batches, decode_workers, pin)
+    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=decode_workers, pin_memory=pin))
+
+
+def embed_image_shards(
+    teacher: Teacher, shards: Sequence[Sequence[Path]], batch_size: int, decode_workers: int
+) -> Iterator[np.ndarray]:
+    """[DIE] of each shard's images and of their horizontal flips, shard by shard: [n, 2, d] float32.
+
+    ONE loader serves every shard (its decode processes start once, not per shard); its batches never
+    cross a shard boundary, so each shard's rows are complete as soon as its last batch is encoded.
+    The flip is made on the teacher's device, and each shard comes back to the host in one copy.
+    """
+    paths = [path for shard in shards for path in shard]
+    batches, per_shard, start = [], [], 0
+    for shard in shards:
+        rows = list(range(start, start + len(shard)))
+        shard_batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        batches += shard_batches
+        per_shard.append(len(shard_batches))
+        start += len(shard)
+    pin = teacher.device.type == "cuda"
+    loaded = _image_batches(_DecodedImages(paths, teacher), batches, decode_workers, pin)
+    for count in per_shard:
+        parts = []
+        for _ in range(count):
+            pixels = next(loaded).to(teacher.device, non_blocking=True)
+            embeddings = teacher.encode_images(torch.cat([pixels, pixels.flip(-1)]))
+            parts.append(torch.stack(embeddings.split(len(pixels)), dim=1))
+        if not parts:
+            yield np.empty((0, 2, teacher.embedding_dim), dtype=np.float32)
+            continue
+        yield torch.cat(parts).cpu().numpy()
+
+
 def embed_images(teacher: Teacher, paths: Sequence[Path], batch_size: int, decode_workers: int) -> np.ndarray:
     """[DIE] of each image and of its horizontal flip: [N, 2, d] float32."""
-    loader = DataLoader(
-        _DecodedImages(paths, teacher),
-        batch_size=batch_size,
-        num_workers=decode_workers,
-        pin_memory=teacher.config.device.startswith("cuda"),
-        persistent_workers=False,
-    )
-    batches = []
-    for pixels in loader:
-        both = torch.cat([pixels, pixels.flip(-1)])
-        embeddings = teacher.encode_images(both).cpu()
-        batches.append(torch.stack(embeddings.split(len(pixels)), dim=1))
-    return torch.cat(batches).numpy()
+    return next(embed_image_shards(teacher, [paths], batch_size, decode_workers))
 
 
 def embed_texts(teacher: Teacher, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    """[DTE] of each text: [N, d] float32. Texts are batched by length so trimmed contexts stay short."""
-    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-    embeddings = np.empty((len(texts), teacher.embedding_dim), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        embeddings[rows] = teacher.encode_texts([texts[i] for i in rows]).cpu().numpy()
-    return embeddings
+    """[DTE] of each text: [N, d] float32.
+
+    The texts are tokenized once on the host and batched by token length, so each batch's trimmed
+    context is short and known without reading anything back from the device; the rows come back to
+    the host in one copy.
+    """
+    if not texts:
+        return np.empty((0, teacher.embedding_dim), dtype=np.float32)
+    tokens = teacher.tokenize(texts)
+    order = torch.argsort((tokens != 0).sum(dim=1), stable=True)
+    parts = [teacher.encode_tokens(tokens[rows]) for rows in order.split(batch_size)]
+    embeddings = torch.empty(len(texts), teacher.embedding_dim, dtype=torch.float32)
+    embeddings[order] = torch.cat(parts).cpu()
+    return embeddings.numpy()
 
 
 @dataclass(frozen=True)
@@ -170,18 +244,24 @@ class ShardTask:
     items: tuple[str, ...]  # image paths or texts
 
 
+def decode_workers_for(config: CacheJobConfig) -> int:
+    if config.decode_workers is not None:
+        return config.decode_workers
+    return default_decode_workers(config.workers if config.workers > 1 and not config.scheduler else 1)
+
+
 def compute_shard(teacher: Teacher, task: ShardTask, config: CacheJobConfig) -> None:
     """Embed one shard's rows and write them as one whole shard."""
     if task.table == IMAGES:
         values = embed_images(
-            teacher, [Path(p) for p in task.items], config.batch_size, config.decode_workers
+            teacher, [Path(p) for p in task.items], config.batch_size, decode_workers_for(config)
         )
     elif task.table == VIEWS:
         values = embed_views(teacher, task.items, config.views.transform)
     elif task.table == VIEW_PARAMS:
         values = params_table(task.items)
     else:
-        values = embed_texts(teacher, list(task.items), config.batch_size)
+        values = embed_texts(teacher, list(task.items), config.text_batch_size)
     storage.write_shard(task.store, task.table, task.shard, values)
 
 
@@ -277,11 +357,20 @@ def _pending_tasks(
 
 
 def _run_here(teacher: Teacher, tasks: list[ShardTask], config: CacheJobConfig) -> None:
+    image_tasks = [task for task in tasks if task.table == IMAGES]
     with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
-        for task in tasks:
+        # Every image shard through one loader: its decode processes start once for the whole job.
+        shards = [[Path(p) for p in task.items] for task in image_tasks]
+        embedded = embed_image_shards(teacher, shards, config.batch_size, decode_workers_for(config))
+        for task, values in zip(image_tasks, embedded, strict=True):
             bar.set_description(f"{task.table} shard {task.shard}")
-            compute_shard(teacher, task, config)
+            storage.write_shard(task.store, task.table, task.shard, values)
             bar.update(len(task.items))
+        for task in tasks:
+            if task.table != IMAGES:
+                bar.set_description(f"{task.table} shard {task.shard}")
+                compute_shard(teacher, task, config)
+                bar.update(len(task.items))
 
 
 @functools.lru_cache(maxsize=1)
