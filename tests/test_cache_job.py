@@ -253,3 +253,36 @@ def test_resume_with_another_compute_dtype_is_refused(shared_data, clean_store, 
     monkeypatch.setattr(clip, "compute_dtype", lambda device: "bfloat16")
     with pytest.raises(storage.FingerprintMismatchError, match="compute"):
         build_cache(job(shared_data, out))
+
+
+def test_one_image_loader_serves_every_shard(shared_data, clean_store, tmp_path, monkeypatch):
+    # A loader per shard restarts its decode processes every 2,048 images; the job keeps one.
+    from pipeline.teacher import cache_job
+
+    made = []
+
+    class CountingLoader(cache_job.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache_job, "DataLoader", CountingLoader)
+    out = build_cache(job(shared_data, tmp_path / "store"))  # image_shard_rows=1: three image shards
+    assert len(made) == 1
+    assert_same_store(out, clean_store)
+
+
+def test_text_batches_need_no_device_read(shared_data, monkeypatch):
+    # The trimmed context of every text batch is known on the host: reading it back from the device
+    # (`.item()`) would stall a GPU once per batch.
+    from pipeline.teacher.cache_job import embed_texts
+
+    teacher = build_teacher(TeacherConfig(model=TINY, pretrained="none", allow_random=True))
+    texts = ["man", "the small green triangle left of the red circle", "left dog on the right", "a b"]
+    expected = np.stack([teacher.encode_texts([text])[0].numpy() for text in texts])
+
+    def no_item(self):
+        raise AssertionError("a device read in the text path")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    np.testing.assert_allclose(embed_texts(teacher, texts, batch_size=2), expected, rtol=0, atol=1e-5)
