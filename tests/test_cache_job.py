@@ -286,3 +286,42 @@ def test_text_batches_need_no_device_read(shared_data, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "item", no_item)
     np.testing.assert_allclose(embed_texts(teacher, texts, batch_size=2), expected, rtol=0, atol=1e-5)
+
+
+def test_gpu_mapping_goes_by_host_and_address_not_worker_name():
+    from pipeline.teacher.cache_job import gpu_for_workers
+
+    addresses = ["tcp://10.0.0.2:4100", "tcp://10.0.0.1:4200", "tcp://10.0.0.1:4100", "tcp://10.0.0.2:3900"]
+    assert gpu_for_workers(addresses) == {
+        "tcp://10.0.0.1:4100": 0,
+        "tcp://10.0.0.1:4200": 1,
+        "tcp://10.0.0.2:3900": 0,
+        "tcp://10.0.0.2:4100": 1,
+    }
+
+
+def test_more_workers_than_gpus_are_capped_with_one_line(caplog):
+    from pipeline.teacher.cache_job import capped_workers
+
+    assert capped_workers(2, 8) == 2
+    with caplog.at_level("WARNING"):
+        assert capped_workers(12, 8) == 8
+    assert [r.getMessage() for r in caplog.records] == ["--workers 12 lowered to 8, one per visible GPU"]
+
+
+def test_the_dask_driver_builds_no_teacher_on_the_gpu(shared_data, tmp_path):
+    # The driver only plans: its teacher stays on the CPU, while the store's fingerprint names the
+    # workers' device (so it is the same store a one-GPU run would write).
+    from pipeline.teacher.cache_job import driver_teacher_config, fingerprint_for
+
+    on_gpu = TeacherConfig(model=TINY, pretrained="none", allow_random=True, device="cuda")
+    assert driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu, workers=2)).device == "cpu"
+    assert (
+        driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu, scheduler="tcp://x:1")).device
+        == "cpu"
+    )
+    assert driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu)).device == "cuda"
+    teacher = build_teacher(TeacherConfig(model=TINY, pretrained="none", allow_random=True))
+    plan = plan_cache("refcoco", shared_data, skip_missing=True)
+    fingerprint = fingerprint_for(teacher, plan, "float16", device="cuda")
+    assert fingerprint["compute"] == {"device": "cuda", "dtype": "bfloat16"}

@@ -35,6 +35,7 @@ from pipeline.data import (
 )
 from pipeline.targets.schema import IMAGES, INDEX_FIELDS, TEXTS, VIEW_PARAMS, VIEW_ROW, VIEWS
 from pipeline.teacher import Teacher, TeacherConfig, build_teacher
+from pipeline.teacher.clip import compute_fingerprint
 from pipeline.teacher.views import (
     ViewPlan,
     ViewSpec,
@@ -265,8 +266,26 @@ def compute_shard(teacher: Teacher, task: ShardTask, config: CacheJobConfig) -> 
     storage.write_shard(task.store, task.table, task.shard, values)
 
 
-def fingerprint_for(teacher: Teacher, plan: CachePlan, dtype: str) -> dict[str, Any]:
-    return {**teacher.fingerprint(), "dtype": dtype, "dataset": plan.dataset_fingerprint}
+def fingerprint_for(
+    teacher: Teacher, plan: CachePlan, dtype: str, device: str | None = None
+) -> dict[str, Any]:
+    """The store's fingerprint; `device`: where the rows are computed, when not on `teacher`'s device
+    (the dask driver's teacher, on the CPU, only plans)."""
+    fingerprint = {**teacher.fingerprint(), "dtype": dtype, "dataset": plan.dataset_fingerprint}
+    if device is not None:
+        fingerprint["compute"] = compute_fingerprint(torch.device(device))
+    return fingerprint
+
+
+def uses_dask(config: CacheJobConfig) -> bool:
+    return config.workers > 1 or config.scheduler is not None
+
+
+def driver_teacher_config(config: CacheJobConfig) -> TeacherConfig:
+    """The driver's teacher: on the job's device when it computes the rows itself; on the CPU when dask
+    workers do (it only gives the fingerprint and the embedding size; a model on cuda:0 would hold
+    memory on a GPU that a worker needs)."""
+    return replace(config.teacher, device="cpu") if uses_dask(config) else config.teacher
 
 
 def default_store_path(dataset: str, fingerprint: dict[str, Any]) -> Path:
@@ -276,8 +295,8 @@ def default_store_path(dataset: str, fingerprint: dict[str, Any]) -> Path:
 def build_cache(config: CacheJobConfig) -> Path:
     """Run the cache job; resumes an interrupted store; returns the store's path."""
     plan = plan_cache(config.dataset, config.data_root, config.skip_missing)
-    teacher = build_teacher(config.teacher)
-    fingerprint = fingerprint_for(teacher, plan, config.dtype)
+    teacher = build_teacher(driver_teacher_config(config))
+    fingerprint = fingerprint_for(teacher, plan, config.dtype, device=config.teacher.device)
     view_plan = None
     if config.views is not None:
         # Only in exact-view stores: the fingerprints (and paths) of other stores stay as they were.
@@ -336,7 +355,7 @@ def build_cache(config: CacheJobConfig) -> Path:
     ) as writer:
         tasks = list(_pending_tasks(writer, out, plan, view_plan))
         log.info("%s: %d shards to compute", out, len(tasks))
-        if config.workers > 1 or config.scheduler:
+        if uses_dask(config):
             _run_on_dask(tasks, config)
         else:
             _run_here(teacher, tasks, config)
@@ -379,32 +398,77 @@ def _worker_teacher(teacher_config: TeacherConfig) -> Teacher:
     return build_teacher(teacher_config)
 
 
+def gpu_for_workers(addresses: Iterable[str]) -> dict[str, int]:
+    """Each dask worker's GPU: the workers of one host, in address order, take its GPUs 0, 1, ...
+
+    Worker names play no part (a LocalCluster's are not promised to be 0..n-1, an external cluster's
+    are anything); a host's GPUs are only counted on it (`_pin_gpu` wraps around them).
+    """
+    by_host: dict[str, list[str]] = {}
+    for address in sorted(addresses):
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        by_host.setdefault(host, []).append(address)
+    return {address: rank for workers in by_host.values() for rank, address in enumerate(workers)}
+
+
+def capped_workers(requested: int, gpus: int) -> int:
+    """At most one dask worker per GPU: two teachers on one GPU only contend for it."""
+    if requested > gpus:
+        log.warning("--workers %d lowered to %d, one per visible GPU", requested, gpus)
+        return gpus
+    return requested
+
+
+def _pin_gpu(assignment: dict[str, int]) -> int:
+    """On a dask worker: make its assigned GPU the current device (`torch.cuda.set_device`)."""
+    from distributed import get_worker
+
+    device = assignment[get_worker().address] % torch.cuda.device_count()
+    torch.cuda.set_device(device)
+    return device
+
+
 def _dask_shard(task: ShardTask, config: CacheJobConfig) -> tuple[str, int]:
     teacher_config = config.teacher
-    if teacher_config.device.startswith("cuda") and torch.cuda.device_count() > 1:
-        from distributed import get_worker
-
-        name = str(get_worker().name)
-        worker_id = int(name) if name.isdigit() else 0
-        teacher_config = replace(teacher_config, device=f"cuda:{worker_id % torch.cuda.device_count()}")
+    if torch.device(teacher_config.device).type == "cuda":
+        # The worker's pinned device (`_pin_gpu`; under dask_cuda, its only visible GPU).
+        teacher_config = replace(teacher_config, device=f"cuda:{torch.cuda.current_device()}")
     compute_shard(_worker_teacher(teacher_config), task, config)
     return task.table, task.shard
 
 
-def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
+def _local_cluster(config: CacheJobConfig, on_gpus: bool) -> Any:
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import LocalCluster
 
-    if config.scheduler:
-        client, cluster = Client(config.scheduler), None
-    else:
-        # Non-daemonic workers may start the DataLoader processes that decode images.
-        with dask.config.set({"distributed.worker.daemon": False}):
-            cluster = LocalCluster(
-                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-        client = Client(cluster)
+    workers = capped_workers(config.workers, torch.cuda.device_count()) if on_gpus else config.workers
+    # Non-daemonic workers may start the DataLoader processes that decode images.
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if on_gpus:
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                pass
+            else:
+                # One worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES): the optional
+                # `gpu` extra.
+                return LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
+    from distributed import Client, as_completed
+
+    on_gpus = torch.device(config.teacher.device).type == "cuda"
+    cluster = None if config.scheduler else _local_cluster(config, on_gpus)
+    client = Client(config.scheduler or cluster)
     try:
+        if on_gpus:
+            client.wait_for_workers(1)
+            assignment = gpu_for_workers(client.scheduler_info()["workers"])
+            if type(cluster).__name__ == "LocalCUDACluster":
+                assignment = dict.fromkeys(assignment, 0)  # each worker sees its own GPU as cuda:0
+            log.info("dask workers on GPUs: %s", client.run(_pin_gpu, assignment))
         futures = client.map(_dask_shard, tasks, config=config, pure=False)
         with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
             sizes = {(t.table, t.shard): len(t.items) for t in tasks}

@@ -189,7 +189,7 @@ class Teacher:
             },
             # bf16 on CUDA and fp32 on CPU give different rows: a store resumed on another kind of
             # machine must be refused rather than mix the two.
-            "compute": {"device": self.device.type, "dtype": compute_dtype(self.device)},
+            "compute": compute_fingerprint(self.device),
         }
 
     def load_image(self, path: Path) -> torch.Tensor:
@@ -264,6 +264,11 @@ def is_trimmable(model: torch.nn.Module) -> bool:
 def compute_dtype(device: torch.device) -> str:
     """The precision the teacher computes in on `device`: bf16 autocast on CUDA, fp32 elsewhere."""
     return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def compute_fingerprint(device: torch.device) -> dict[str, str]:
+    """The fingerprint entry naming how a teacher on `device` computes (device type and dtype)."""
+    return {"device": device.type, "dtype": compute_dtype(device)}
 
 
 def teacher_autocast(device: torch.device) -> contextlib.AbstractContextManager:
