@@ -258,7 +258,9 @@ def compute_shard(teacher: Teacher, task: ShardTask, config: CacheJobConfig) -> 
             teacher, [Path(p) for p in task.items], config.batch_size, decode_workers_for(config)
         )
     elif task.table == VIEWS:
-        values = embed_views(teacher, task.items, config.views.transform)
+        values = embed_views(
+            teacher, task.items, config.views.transform, config.batch_size, decode_workers_for(config)
+        )
     elif task.table == VIEW_PARAMS:
         values = params_table(task.items)
     else:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipeline.data import file_sha256
 from pipeline.data.images import read_rgb
-from pipeline.data.transforms import student_view_image
+from pipeline.data.transforms import TransformedSample, student_view_image
 from pipeline.errors import ExpectedError
 
 CROP_MODES = {"letterbox": "longest", "center": "shortest"}
@@ -217,6 +217,13 @@ class Teacher:
     @property
     def device(self) -> torch.device:
         return torch.device(self.config.device)
+
+    def preprocess_view(
+        self, view: TransformedSample, mean: Sequence[float], std: Sequence[float]
+    ) -> torch.Tensor:
+        """The teacher's input [3, S, S] for one rendered student view (`render_view`): the online
+        teacher's framing of the student's pixels, one view at a time (for loader workers)."""
+        return self.preprocess_student_pixels(view.pixels[None], view.pixel_mask[None], mean, std)[0]
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
