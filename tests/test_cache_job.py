@@ -325,3 +325,12 @@ def test_the_dask_driver_builds_no_teacher_on_the_gpu(shared_data, tmp_path):
     plan = plan_cache("refcoco", shared_data, skip_missing=True)
     fingerprint = fingerprint_for(teacher, plan, "float16", device="cuda")
     assert fingerprint["compute"] == {"device": "cuda", "dtype": "bfloat16"}
+
+
+def test_decode_workers_default_to_the_usable_cpus_shared_by_the_teachers(shared_data, tmp_path, monkeypatch):
+    from pipeline.teacher.cache_job import decode_workers_for
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None)) == 15
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None, workers=4)) == 3
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=2, workers=4)) == 2
