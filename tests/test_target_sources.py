@@ -1,5 +1,7 @@
 """The target-source interface: one class per mode, built from TARGET_SOURCES by TrainConfig.distill."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_run
@@ -81,13 +83,17 @@ def test_the_cached_source_keeps_its_tables_on_its_device(shapes_root, store, tm
     assert torch.equal(text, cpu.tables.text_embeddings[text_rows].float())
 
 
-def test_a_mapped_table_is_one_shared_memory_map_of_the_store_table(store):
+def test_a_mapped_table_is_one_shared_memory_map_of_the_store_table(store, tmp_path, monkeypatch):
+    import tempfile
+
     import numpy as np
 
     import storage
     from pipeline.targets.store import mapped_table
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the machine's shared copy, here private
     opened = storage.FeatureStore.open(store)
     first, second = mapped_table(opened, "images"), mapped_table(opened, "images")
     assert isinstance(first, np.memmap) and first.filename == second.filename
+    assert [p.name for p in tmp_path.iterdir()] == [Path(first.filename).name]  # no partial file left
     assert first.tobytes() == opened.load_table("images").tobytes()

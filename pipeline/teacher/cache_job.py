@@ -439,11 +439,12 @@ def _dask_shard(task: ShardTask, config: CacheJobConfig) -> tuple[str, int]:
     return task.table, task.shard
 
 
-def _local_cluster(config: CacheJobConfig, on_gpus: bool) -> Any:
+def _local_cluster(config: CacheJobConfig, on_gpus: bool) -> tuple[Any, bool]:
+    """The LocalCluster to run on, and whether it is dask_cuda's (each worker sees one GPU)."""
     import dask
     from distributed import LocalCluster
 
-    workers = capped_workers(config.workers, torch.cuda.device_count()) if on_gpus else config.workers
+    workers = capped_workers(config.workers, max(1, torch.cuda.device_count())) if on_gpus else config.workers
     # Non-daemonic workers may start the DataLoader processes that decode images.
     with dask.config.set({"distributed.worker.daemon": False}):
         if on_gpus:
@@ -454,21 +455,24 @@ def _local_cluster(config: CacheJobConfig, on_gpus: bool) -> Any:
             else:
                 # One worker per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES): the optional
                 # `gpu` extra.
-                return LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+                return LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None), True
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        return cluster, False
 
 
 def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
     from distributed import Client, as_completed
 
     on_gpus = torch.device(config.teacher.device).type == "cuda"
-    cluster = None if config.scheduler else _local_cluster(config, on_gpus)
+    cluster, one_gpu_each = (None, False) if config.scheduler else _local_cluster(config, on_gpus)
     client = Client(config.scheduler or cluster)
     try:
         if on_gpus:
             client.wait_for_workers(1)
             assignment = gpu_for_workers(client.scheduler_info()["workers"])
-            if type(cluster).__name__ == "LocalCUDACluster":
+            if one_gpu_each:
                 assignment = dict.fromkeys(assignment, 0)  # each worker sees its own GPU as cuda:0
             log.info("dask workers on GPUs: %s", client.run(_pin_gpu, assignment))
         futures = client.map(_dask_shard, tasks, config=config, pure=False)
