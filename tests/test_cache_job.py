@@ -334,3 +334,19 @@ def test_decode_workers_default_to_the_usable_cpus_shared_by_the_teachers(shared
     assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None)) == 15
     assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None, workers=4)) == 3
     assert decode_workers_for(job(shared_data, tmp_path, decode_workers=2, workers=4)) == 2
+
+
+def test_dask_tasks_are_groups_of_one_tables_consecutive_shards():
+    # A dask task per shard would start an image loader per shard; a group shares one.
+    from pipeline.teacher.cache_job import ShardTask, task_groups
+
+    tasks = [ShardTask(Path("s"), "images", i, ("x",)) for i in range(9)]
+    tasks += [ShardTask(Path("s"), "texts", i, ("t",)) for i in range(2)]
+    groups = task_groups(tasks, workers=2)
+    assert [[(t.table, t.shard) for t in group] for group in groups] == [
+        [("images", 0), ("images", 1), ("images", 2)],
+        [("images", 3), ("images", 4), ("images", 5)],
+        [("images", 6), ("images", 7), ("images", 8)],
+        [("texts", 0)],
+        [("texts", 1)],
+    ]

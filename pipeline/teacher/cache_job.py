@@ -377,21 +377,39 @@ def _pending_tasks(
             yield ShardTask(out, table, shard, tuple(items[start:stop]))
 
 
-def _run_here(teacher: Teacher, tasks: list[ShardTask], config: CacheJobConfig) -> None:
+def compute_shards(
+    teacher: Teacher, tasks: Sequence[ShardTask], config: CacheJobConfig
+) -> Iterator[ShardTask]:
+    """Compute and write `tasks`, yielding each as its shard is written. All image shards go through
+    one loader (its decode processes start once, not per shard)."""
     image_tasks = [task for task in tasks if task.table == IMAGES]
+    shards = [[Path(p) for p in task.items] for task in image_tasks]
+    embedded = embed_image_shards(teacher, shards, config.batch_size, decode_workers_for(config))
+    for task, values in zip(image_tasks, embedded, strict=True):
+        storage.write_shard(task.store, task.table, task.shard, values)
+        yield task
+    for task in tasks:
+        if task.table != IMAGES:
+            compute_shard(teacher, task, config)
+            yield task
+
+
+def _run_here(teacher: Teacher, tasks: list[ShardTask], config: CacheJobConfig) -> None:
     with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
-        # Every image shard through one loader: its decode processes start once for the whole job.
-        shards = [[Path(p) for p in task.items] for task in image_tasks]
-        embedded = embed_image_shards(teacher, shards, config.batch_size, decode_workers_for(config))
-        for task, values in zip(image_tasks, embedded, strict=True):
+        for task in compute_shards(teacher, tasks, config):
             bar.set_description(f"{task.table} shard {task.shard}")
-            storage.write_shard(task.store, task.table, task.shard, values)
             bar.update(len(task.items))
-        for task in tasks:
-            if task.table != IMAGES:
-                bar.set_description(f"{task.table} shard {task.shard}")
-                compute_shard(teacher, task, config)
-                bar.update(len(task.items))
+
+
+def task_groups(tasks: Sequence[ShardTask], workers: int) -> list[tuple[ShardTask, ...]]:
+    """The shards in dask tasks: about two groups per worker of consecutive shards of one table, so
+    each worker's image loader serves many shards, and a slow worker still leaves others work."""
+    groups: list[tuple[ShardTask, ...]] = []
+    for table in dict.fromkeys(task.table for task in tasks):
+        of_table = [task for task in tasks if task.table == table]
+        size = max(1, -(-len(of_table) // (2 * max(1, workers))))
+        groups += [tuple(of_table[i : i + size]) for i in range(0, len(of_table), size)]
+    return groups
 
 
 @functools.lru_cache(maxsize=1)
@@ -430,13 +448,13 @@ def _pin_gpu(assignment: dict[str, int]) -> int:
     return device
 
 
-def _dask_shard(task: ShardTask, config: CacheJobConfig) -> tuple[str, int]:
+def _dask_shards(tasks: tuple[ShardTask, ...], config: CacheJobConfig) -> int:
+    """On a dask worker: compute a group of shards; returns how many items they held."""
     teacher_config = config.teacher
     if torch.device(teacher_config.device).type == "cuda":
         # The worker's pinned device (`_pin_gpu`; under dask_cuda, its only visible GPU).
         teacher_config = replace(teacher_config, device=f"cuda:{torch.cuda.current_device()}")
-    compute_shard(_worker_teacher(teacher_config), task, config)
-    return task.table, task.shard
+    return sum(len(task.items) for task in compute_shards(_worker_teacher(teacher_config), tasks, config))
 
 
 def _local_cluster(config: CacheJobConfig, on_gpus: bool) -> tuple[Any, bool]:
@@ -475,11 +493,11 @@ def _run_on_dask(tasks: list[ShardTask], config: CacheJobConfig) -> None:
             if one_gpu_each:
                 assignment = dict.fromkeys(assignment, 0)  # each worker sees its own GPU as cuda:0
             log.info("dask workers on GPUs: %s", client.run(_pin_gpu, assignment))
-        futures = client.map(_dask_shard, tasks, config=config, pure=False)
+        groups = task_groups(tasks, len(client.scheduler_info()["workers"]))
+        futures = client.map(_dask_shards, groups, config=config, pure=False)
         with tqdm(total=sum(len(t.items) for t in tasks), unit="item", disable=not config.progress) as bar:
-            sizes = {(t.table, t.shard): len(t.items) for t in tasks}
             for future in as_completed(futures):
-                bar.update(sizes[future.result()])
+                bar.update(future.result())
     finally:
         client.close()
         if cluster is not None:
