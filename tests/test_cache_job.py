@@ -1,9 +1,11 @@
 """Phase 1 end to end on the real RefCOCO split files with a tiny random open_clip teacher (CPU)."""
 
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,172 @@ def test_hdf5_round_trip_through_the_cli(clean_store, tmp_path):
 def test_two_dask_workers_equal_one_worker(shared_data, clean_store, tmp_path):
     out = build_cache(job(shared_data, tmp_path / "store", workers=2))
     assert_same_store(out, clean_store)
+
+
+@pytest.fixture
+def external_dask(tmp_path):
+    """A real `dask scheduler` and one default (nanny-started, hence daemonic) `dask worker` on localhost."""
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    common = dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [
+            dask_cli,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        **common,
+    )
+    worker = subprocess.Popen(
+        [
+            dask_cli,
+            "worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+        ],
+        **common,
+    )
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file():
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.2)
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_external_scheduler_with_daemonic_worker_equals_local_build(
+    shared_data, clean_store, tmp_path, external_dask
+):
+    # decode_workers=2: a daemonic dask worker cannot start DataLoader processes; it must still build.
+    out = build_cache(job(shared_data, tmp_path / "store", scheduler=external_dask, decode_workers=2))
+    assert_same_store(out, clean_store)
+
+
+def test_resume_with_another_compute_dtype_is_refused(shared_data, clean_store, tmp_path, monkeypatch):
+    # A store half-built in fp32 on a CPU must not be finished in bf16 on a GPU: rows would mix.
+    from pipeline.teacher import clip
+
+    out = tmp_path / "store"
+    shutil.copytree(clean_store, out)
+    monkeypatch.setattr(clip, "compute_dtype", lambda device: "bfloat16")
+    with pytest.raises(storage.FingerprintMismatchError, match="compute"):
+        build_cache(job(shared_data, out))
+
+
+def test_one_image_loader_serves_every_shard(shared_data, clean_store, tmp_path, monkeypatch):
+    # A loader per shard restarts its decode processes every 2,048 images; the job keeps one.
+    from pipeline.teacher import cache_job
+
+    made = []
+
+    class CountingLoader(cache_job.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache_job, "DataLoader", CountingLoader)
+    out = build_cache(job(shared_data, tmp_path / "store"))  # image_shard_rows=1: three image shards
+    assert len(made) == 1
+    assert_same_store(out, clean_store)
+
+
+def test_text_batches_need_no_device_read(shared_data, monkeypatch):
+    # The trimmed context of every text batch is known on the host: reading it back from the device
+    # (`.item()`) would stall a GPU once per batch.
+    from pipeline.teacher.cache_job import embed_texts
+
+    teacher = build_teacher(TeacherConfig(model=TINY, pretrained="none", allow_random=True))
+    texts = ["man", "the small green triangle left of the red circle", "left dog on the right", "a b"]
+    expected = np.stack([teacher.encode_texts([text])[0].numpy() for text in texts])
+
+    def no_item(self):
+        raise AssertionError("a device read in the text path")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    np.testing.assert_allclose(embed_texts(teacher, texts, batch_size=2), expected, rtol=0, atol=1e-5)
+
+
+def test_gpu_mapping_goes_by_host_and_address_not_worker_name():
+    from pipeline.teacher.cache_job import gpu_for_workers
+
+    addresses = ["tcp://10.0.0.2:4100", "tcp://10.0.0.1:4200", "tcp://10.0.0.1:4100", "tcp://10.0.0.2:3900"]
+    assert gpu_for_workers(addresses) == {
+        "tcp://10.0.0.1:4100": 0,
+        "tcp://10.0.0.1:4200": 1,
+        "tcp://10.0.0.2:3900": 0,
+        "tcp://10.0.0.2:4100": 1,
+    }
+
+
+def test_more_workers_than_gpus_are_capped_with_one_line(caplog):
+    from pipeline.teacher.cache_job import capped_workers
+
+    assert capped_workers(2, 8) == 2
+    with caplog.at_level("WARNING"):
+        assert capped_workers(12, 8) == 8
+    assert [r.getMessage() for r in caplog.records] == ["--workers 12 lowered to 8, one per visible GPU"]
+
+
+def test_the_dask_driver_builds_no_teacher_on_the_gpu(shared_data, tmp_path):
+    # The driver only plans: its teacher stays on the CPU, while the store's fingerprint names the
+    # workers' device (so it is the same store a one-GPU run would write).
+    from pipeline.teacher.cache_job import driver_teacher_config, fingerprint_for
+
+    on_gpu = TeacherConfig(model=TINY, pretrained="none", allow_random=True, device="cuda")
+    assert driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu, workers=2)).device == "cpu"
+    assert (
+        driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu, scheduler="tcp://x:1")).device
+        == "cpu"
+    )
+    assert driver_teacher_config(job(shared_data, tmp_path, teacher=on_gpu)).device == "cuda"
+    teacher = build_teacher(TeacherConfig(model=TINY, pretrained="none", allow_random=True))
+    plan = plan_cache("refcoco", shared_data, skip_missing=True)
+    fingerprint = fingerprint_for(teacher, plan, "float16", device="cuda")
+    assert fingerprint["compute"] == {"device": "cuda", "dtype": "bfloat16"}
+
+
+def test_decode_workers_default_to_the_usable_cpus_shared_by_the_teachers(shared_data, tmp_path, monkeypatch):
+    from pipeline.teacher.cache_job import decode_workers_for
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None)) == 15
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=None, workers=4)) == 3
+    assert decode_workers_for(job(shared_data, tmp_path, decode_workers=2, workers=4)) == 2
+
+
+def test_dask_tasks_are_groups_of_one_tables_consecutive_shards():
+    # A dask task per shard would start an image loader per shard; a group shares one.
+    from pipeline.teacher.cache_job import ShardTask, task_groups
+
+    tasks = [ShardTask(Path("s"), "images", i, ("x",)) for i in range(9)]
+    tasks += [ShardTask(Path("s"), "texts", i, ("t",)) for i in range(2)]
+    groups = task_groups(tasks, workers=2)
+    assert [[(t.table, t.shard) for t in group] for group in groups] == [
+        [("images", 0), ("images", 1), ("images", 2)],
+        [("images", 3), ("images", 4), ("images", 5)],
+        [("images", 6), ("images", 7), ("images", 8)],
+        [("texts", 0)],
+        [("texts", 1)],
+    ]

@@ -2,6 +2,7 @@
 trainer replays view (epoch mod K), so the cached target is the teacher's embedding of the student's
 own pixels."""
 
+import json
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -265,3 +266,38 @@ def test_a_precomputed_views_run_trains_and_resumes(shapes_root, views_store, tm
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     for key in a:  # the second run read the first one's saved table: that must not change its training
         assert torch.equal(a[key], b[key]), key
+
+
+def test_views_embedded_in_batches_equal_the_one_record_at_a_time_build(shapes_root, views_store):
+    # Records x K views through one loader: with one record per batch, the same bytes as rendering and
+    # encoding one record's K views at a time (the build before batching). In larger batches the CPU's
+    # GEMM blocking changes the last bits (the teacher is not batch-invariant), nothing more.
+    from pipeline.targets.replay import render_view
+    from pipeline.teacher import build_teacher
+    from pipeline.teacher.views import embed_views, plan_views
+
+    spec = ViewSpec(K, run_transform(shapes_root), seed=0)
+    store = storage.FeatureStore.open(views_store)
+    plan = plan_views("shapes", shapes_root, store.load_index("train/image_row"), spec)
+    teacher = build_teacher(TeacherConfig(model=TINY_TEACHER, pretrained="none", allow_random=True))
+    one_at_a_time = []
+    for item in plan.items:
+        path, box, text, rows = json.loads(item)
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        views = [render_view(rgb, box, text, row, spec.transform) for row in rows]
+        pixels = teacher.preprocess_student_pixels(
+            torch.stack([v.pixels for v in views]),
+            torch.stack([v.pixel_mask for v in views]),
+            spec.transform.mean,
+            spec.transform.std,
+        )
+        one_at_a_time.append(teacher.encode_images(pixels))
+    expected = torch.stack(one_at_a_time).numpy()
+    per_record = embed_views(teacher, plan.items, spec.transform, batch_size=K, decode_workers=0)
+    assert per_record.shape == expected.shape == (len(plan.items), K, teacher.embedding_dim)
+    assert per_record.tobytes() == expected.tobytes()
+    # Four records (a store shard) per batch: the store's bytes, the per-record values up to bit noise.
+    batched = embed_views(teacher, plan.items, spec.transform, batch_size=4 * K, decode_workers=0)
+    assert store.load_table(VIEWS).tobytes() == batched.tobytes()
+    np.testing.assert_allclose(batched, expected, rtol=0, atol=1e-5)

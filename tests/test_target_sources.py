@@ -1,5 +1,7 @@
 """The target-source interface: one class per mode, built from TARGET_SOURCES by TrainConfig.distill."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_run
@@ -53,3 +55,45 @@ def test_the_cached_source_serves_the_stores_rows_and_names_the_store(shapes_roo
     assert "\n" not in description
     assert description == f"cached targets from {store} (teacher clip-tiny, random weights)"
     assert source.summary()["teacher_fingerprint"] == source.tables.fingerprint
+
+
+def test_the_cached_source_keeps_its_tables_on_its_device(shapes_root, store, tmp_path):
+    # "meta" stands in for a GPU: the tables must be moved to the source's device once, and each
+    # batch gathered there from the loader's host tensors.
+    config = tiny_run(shapes_root, tmp_path, store=store)
+    transform = transform_config_for(student_config_for(config))
+    source = build_target_source(SourceContext(config, torch.device("meta"), DistEnv(), transform))
+    assert source.tables.image_embeddings.device.type == "meta"
+    assert source.tables.text_embeddings.device.type == "meta"
+    batch = {
+        "index": torch.tensor([0, 1]),
+        "flipped": torch.tensor([False, True]),
+        "text_swapped": torch.tensor([True, False]),
+    }
+    image, text = source.targets(batch)
+    assert image.device.type == text.device.type == "meta" and image.shape[0] == text.shape[0] == 2
+    # On the CPU the lookup is the plain gather it always was.
+    cpu = build_target_source(context(config))
+    image, text = cpu.targets(batch)
+    rows = cpu.tables.rows["train"]
+    assert torch.equal(
+        image, cpu.tables.image_embeddings[rows["image_row"][[0, 1]], torch.tensor([0, 1])].float()
+    )
+    text_rows = torch.stack([rows["text_swapped_row"][0], rows["text_row"][1]])
+    assert torch.equal(text, cpu.tables.text_embeddings[text_rows].float())
+
+
+def test_a_mapped_table_is_one_shared_memory_map_of_the_store_table(store, tmp_path, monkeypatch):
+    import tempfile
+
+    import numpy as np
+
+    import storage
+    from pipeline.targets.store import mapped_table
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the machine's shared copy, here private
+    opened = storage.FeatureStore.open(store)
+    first, second = mapped_table(opened, "images"), mapped_table(opened, "images")
+    assert isinstance(first, np.memmap) and first.filename == second.filename
+    assert [p.name for p in tmp_path.iterdir()] == [Path(first.filename).name]  # no partial file left
+    assert first.tobytes() == opened.load_table("images").tobytes()

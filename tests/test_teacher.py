@@ -65,3 +65,29 @@ def test_letterbox_keeps_the_whole_image_and_center_crops_it(tmp_path, teacher):
     # letterboxing pads top and bottom with the mean colour
     torch.testing.assert_close(letterbox[:, 0, size // 2], mean.view(3), atol=0.02, rtol=0)
     assert teacher.fingerprint()["preprocess"] != centre.fingerprint()["preprocess"]
+
+
+def test_online_teacher_and_cache_share_one_encode_path(teacher, monkeypatch):
+    # Forcing bf16 on the CPU stands in for CUDA's autocast: the online encoders must follow the same
+    # compute dtype as the cache's Teacher.encode_* (before, they always ran fp32).
+    from pipeline.targets.online import TeacherEncoders
+    from pipeline.teacher import clip
+
+    pixels = torch.rand(2, 3, teacher.image_size, teacher.image_size)
+    texts = ["the small green triangle", "left dog"]
+    fp32_image = teacher.encode_images(pixels)
+    monkeypatch.setattr(clip, "compute_dtype", lambda device: "bfloat16")
+    cache_image, cache_text = teacher.encode_images(pixels), teacher.encode_texts(texts)
+    assert not torch.equal(cache_image, fp32_image)  # the forced bf16 really changed the result
+    tokens = teacher.tokenize(texts)
+    with torch.no_grad():
+        online_image, online_text = TeacherEncoders(teacher.model)(pixels, tokens, clip.token_context(tokens))
+    assert torch.equal(online_image, cache_image) and torch.equal(online_text, cache_text)
+
+
+def test_fingerprint_names_the_compute_device_and_dtype(teacher, monkeypatch):
+    from pipeline.teacher import clip
+
+    assert teacher.fingerprint()["compute"] == {"device": "cpu", "dtype": "float32"}
+    monkeypatch.setattr(clip, "compute_dtype", lambda device: "bfloat16")
+    assert teacher.fingerprint()["compute"]["dtype"] == "bfloat16"

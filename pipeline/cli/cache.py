@@ -12,7 +12,6 @@ import storage
 from pipeline.cli.common import (
     DATA_ROOT,
     DEVICE,
-    default_workers,
     setup_logging,
     warn_if_random,
 )
@@ -37,9 +36,10 @@ def cache_build(
     teacher_crop: str = typer.Option("letterbox", help="letterbox (whole image) or center (CLIP's crop)"),
     device: str = DEVICE,
     dtype: str = typer.Option("float16", help="float16 or float32"),
-    batch_size: int = typer.Option(256),
-    decode_workers: int = typer.Option(
-        default_workers(), help="image-decoding processes per teacher (default: up to 4)"
+    batch_size: int = typer.Option(256, help="images per teacher batch"),
+    text_batch_size: int = typer.Option(4096, help="texts per teacher batch"),
+    decode_workers: int | None = typer.Option(
+        None, help="image-decoding processes per teacher [default: the usable CPUs, shared by the teachers]"
     ),
     workers: int = typer.Option(1, help=">1: run shards on that many dask workers (LocalCluster)"),
     scheduler: str | None = typer.Option(None, help="address of an existing dask scheduler"),
@@ -61,7 +61,8 @@ def cache_build(
 
     setup_logging()
     device = resolve_device(device)
-    decode_workers = bounded_workers(decode_workers, "--decode-workers")
+    if decode_workers is not None:
+        decode_workers = bounded_workers(decode_workers, "--decode-workers")
     workers = max(1, bounded_workers(workers, "--workers"))
     if out is not None:
         check_out_dir(out)
@@ -81,6 +82,7 @@ def cache_build(
         out=out,
         dtype=dtype,
         batch_size=batch_size,
+        text_batch_size=text_batch_size,
         decode_workers=decode_workers,
         workers=workers,
         scheduler=scheduler,

@@ -10,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.targets.source import SourceContext, TargetSource, TeacherBatch
 from pipeline.teacher import TeacherConfig, build_teacher
+from pipeline.teacher.clip import encode_image_batch, encode_token_batch, is_trimmable, token_context
 
 
 class TeacherEncoders(torch.nn.Module):
@@ -20,8 +21,12 @@ class TeacherEncoders(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode_image(pixels), self.model.encode_text(tokens)
+    def forward(
+        self, pixels: torch.Tensor, tokens: torch.Tensor, context: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels [B, 3, S, S], tokens [B, L] -> ([B, d], [B, d]) float32, through the cache's own
+        encode functions (same autocast, same trimmed text tower), so both modes compute alike."""
+        return encode_image_batch(self.model, pixels), encode_token_batch(self.model, tokens, context)
 
 
 class OnlineTeacher:
@@ -63,10 +68,13 @@ class OnlineTeacher:
         clip_pixels = self.teacher.preprocess_student_pixels(
             pixels.cpu(), pixel_mask.cpu(), self.student_mean_std[0], self.student_mean_std[1]
         ).to(self.device)
-        tokens = self.teacher.tokenizer(texts).to(self.device)
+        host_tokens = self.teacher.tokenize(texts)
+        # The trimmed context is read from the host tokens: no device sync per batch.
+        context = token_context(host_tokens) if is_trimmable(self.teacher.model) else None
+        tokens = host_tokens.to(self.device, non_blocking=True)
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         with grad:
-            image, text = self.encoders(clip_pixels, tokens)
+            image, text = self.encoders(clip_pixels, tokens, context)
         return image.float(), text.float()
 
 

@@ -32,7 +32,8 @@ class CachedTargets(TargetSource):
     """[DIE]/[DTE] rows of a Phase-1 store, by (record index, flipped, text swapped)."""
 
     def __init__(self, targets: TeacherTargets, ctx: SourceContext) -> None:
-        self.tables = targets
+        # The tables go to the training device once; each batch's rows are gathered there.
+        self.tables = targets.to(ctx.device)
         self.split = ctx.config.train_split
         self.store = ctx.config.cache
         self.device = ctx.device
@@ -41,7 +42,7 @@ class CachedTargets(TargetSource):
         image, text = self.tables.lookup(
             self.split, batch["index"], batch["flipped"], batch["text_swapped"], view
         )
-        return image.to(self.device, non_blocking=True), text.to(self.device, non_blocking=True)
+        return image, text  # already on self.device, where the tables are
 
     def targets(self, batch: dict[str, Any]) -> TeacherBatch:
         # A view-less lookup of a batch that replays stored views (`--view-targets whole-image`): the

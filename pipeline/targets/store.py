@@ -1,13 +1,21 @@
-"""A Phase-1 store's teacher targets, read into RAM once per process, and the lookup of a batch's rows.
+"""A Phase-1 store's teacher targets, on the training device, and the lookup of a batch's rows.
 
-No per-sample Zarr reads happen during training: the tables are small next to the images
-(RefCOCOg with ViT-B-16: ~25k images x 2 x 512 fp16 = 50 MB) and each batch is a gather.
+No per-sample Zarr reads happen during training: the image and text tables are small next to the
+images (RefCOCOg with ViT-B-16: ~25k images x 2 x 512 fp16 = 50 MB); a cached source moves them to
+its device once and each batch is a gather there. The exact-view table is larger (records x K views);
+its zstd shards cannot be memory-mapped, so it is decompressed once into a `.npy` file in the system
+temp directory, keyed by the table's shard checksums, and memory-mapped: every rank on a machine maps
+the same file and the OS keeps ONE host copy (a GPU copy per rank is made from it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +51,14 @@ class TeacherTargets:
         view: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The variant matching each augmented sample: flipped image (or the replayed `view`'s own
-        embedding), left/right-swapped text."""
+        embedding), left/right-swapped text: ([B, d], [B, d]) float32 on the tables' device.
+
+        `index`, `flipped`, `text_swapped`, `view` [B] are the loader's host tensors: the rows are
+        found and checked on the host (no device sync), then sent (non-blocking) to gather on the
+        tables' device.
+        """
         rows = self.rows[split]
+        index, flipped, text_swapped = index.cpu(), flipped.cpu(), text_swapped.cpu()
         if view is not None:
             if self.view_embeddings is None or VIEW_ROW not in rows:
                 raise TargetsMismatchError(
@@ -59,12 +73,25 @@ class TeacherTargets:
                 f"the store has no rows for some {split} samples (it skipped them); "
                 "train with --skip-missing too, or rebuild the cache"
             )
+        device = self.text_embeddings.device
+        image_row, text_row = image_row.to(device, non_blocking=True), text_row.to(device, non_blocking=True)
         if view is not None:
-            image = self.view_embeddings[image_row, view.long()]
+            image = self.view_embeddings[image_row, view.to(device, non_blocking=True).long()]
         else:
-            image = self.image_embeddings[image_row, flipped.long()]
+            image = self.image_embeddings[image_row, flipped.to(device, non_blocking=True).long()]
         text = self.text_embeddings[text_row]
         return image.float(), text.float()
+
+    def to(self, device: torch.device) -> TeacherTargets:
+        """The tables on `device` (once per process: a copy per GPU rank); the row arrays stay on the
+        host, where the loader's index tensors are. On the CPU the tables are not copied (the view
+        table stays memory-mapped)."""
+        return replace(
+            self,
+            image_embeddings=self.image_embeddings.to(device),
+            text_embeddings=self.text_embeddings.to(device),
+            view_embeddings=None if self.view_embeddings is None else self.view_embeddings.to(device),
+        )
 
 
 class BadTargetsError(ValueError):
@@ -103,6 +130,28 @@ def open_store(path: Path) -> storage.FeatureStore:
     return store
 
 
+def mapped_table(store: storage.FeatureStore, table: str) -> np.ndarray:
+    """A whole table `[rows, *row_shape]`, memory-mapped from a decompressed `.npy` copy shared by every
+    process on the machine (made once, atomically; keyed by the table's shard checksums, so a rebuilt
+    store never maps a stale copy). Copy-on-write: writable for torch, never written back."""
+    checksums = json.dumps(store.manifest.shard_checksums[table]).encode()
+    key = hashlib.sha256(checksums).hexdigest()[:24]
+    target = Path(tempfile.gettempdir()) / f"epmvg-{table}-{key}.npy"
+    if not target.is_file():
+        spec = store.table_spec(table)
+        partial = target.with_name(f"{target.stem}.{os.getpid()}.partial.npy")
+        out = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.dtype(spec.dtype), shape=(spec.rows, *spec.row_shape)
+        )
+        for shard in range(spec.num_shards):
+            start, stop = spec.shard_range(shard)
+            out[start:stop] = store.read_shard(table, shard)
+        out.flush()
+        del out
+        os.replace(partial, target)  # other ranks see the whole file or none
+    return np.load(target, mmap_mode="c")
+
+
 def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, Any]) -> TeacherTargets:
     """Load the tables and the named splits' index arrays; check the store matches the data."""
     store = open_store(path)
@@ -128,7 +177,7 @@ def load_targets(path: Path, splits: list[str], dataset_fingerprint: dict[str, A
         check_rows(path, table, values, store.table_keys(table))
     view_embeddings = view_params = None
     if VIEWS in store.tables():
-        view_embeddings = torch.from_numpy(store.load_table(VIEWS))
+        view_embeddings = torch.from_numpy(mapped_table(store, VIEWS))
         view_params = np.rint(store.load_table(VIEW_PARAMS)).astype(np.int64)  # exact integers
     return TeacherTargets(
         image_embeddings=torch.from_numpy(tables[IMAGES]),

@@ -188,6 +188,9 @@ class Teacher:
                 "jpeg_draft": self.config.jpeg_draft,
                 "flip_variant": "horizontal flip of the preprocessed image",
             },
+            # bf16 on CUDA and fp32 on CPU give different rows: a store resumed on another kind of
+            # machine must be refused rather than mix the two.
+            "compute": compute_fingerprint(self.device),
         }
 
     def load_image(self, path: Path) -> torch.Tensor:
@@ -212,6 +215,10 @@ class Teacher:
         views = [student_view_image(p, m, mean, std) for p, m in zip(pixels, pixel_mask, strict=True)]
         return torch.stack([self.preprocess(view) for view in views])
 
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
     def preprocess_view(self, view: TransformedSample) -> torch.Tensor:
         """The teacher's input [3, S_t, S_t] float32 for one rendered student view (`render_view`): the
         content the student sees (its uint8 pixels, without the padding), through `preprocess`, as the
@@ -221,27 +228,27 @@ class Teacher:
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[DIE]: CLIP image embeddings as the teacher outputs them (not normalized), float32."""
-        pixels = pixels.to(self.config.device, non_blocking=True)
-        if pixels.is_cuda:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model.encode_image(pixels).float()
-        return self.model.encode_image(pixels).float()
+        """[DIE] of pixels [B, 3, S, S] (host or device): CLIP image embeddings (not normalized), [B, d]."""
+        return encode_image_batch(self.model, pixels.to(self.device, non_blocking=True))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [B, L] on the host (the tokenizer's own output)."""
+        return self.tokenizer(list(texts))
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], trim_context: bool = True) -> torch.Tensor:
-        """[DTE]: CLIP text embeddings (not normalized), float32.
+    def encode_texts(self, texts: Sequence[str], trim_context: bool = True) -> torch.Tensor:
+        """[DTE]: CLIP text embeddings (not normalized), [B, d] float32.
 
         With `trim_context` the text tower runs only up to the batch's longest token sequence; for a
         causal tower pooled at the end token this gives the full-context result (see `trimmable`).
         """
-        tokens = self.tokenizer(texts).to(self.config.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda)
-        with autocast:
-            if trim_context and self.trimmable:
-                return encode_text_trimmed(self.model, tokens).float()
-            return self.model.encode_text(tokens).float()
+        return self.encode_tokens(self.tokenize(texts), trim_context)
+
+    @torch.inference_mode()
+    def encode_tokens(self, tokens: torch.Tensor, trim_context: bool = True) -> torch.Tensor:
+        """[DTE] of host token ids [B, L]: [B, d] float32 on the teacher's device."""
+        context = token_context(tokens) if trim_context and self.trimmable else None
+        return encode_token_batch(self.model, tokens.to(self.device, non_blocking=True), context)
 
     @property
     def trimmable(self) -> bool:
@@ -250,22 +257,72 @@ class Teacher:
         True for open_clip's standard CLIP text tower: causal attention means no position attends to
         padding after the end token, and the end token's output is the one pooled.
         """
-        model = self.model
-        return (
-            isinstance(model, open_clip.CLIP)
-            and getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-        )
+        return is_trimmable(self.model)
 
 
-def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def is_trimmable(model: torch.nn.Module) -> bool:
+    """See `Teacher.trimmable`."""
+    return (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
+
+
+def compute_dtype(device: torch.device) -> str:
+    """The precision the teacher computes in on `device`: bf16 autocast on CUDA, fp32 elsewhere."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def compute_fingerprint(device: torch.device) -> dict[str, str]:
+    """The fingerprint entry naming how a teacher on `device` computes (device type and dtype)."""
+    return {"device": device.type, "dtype": compute_dtype(device)}
+
+
+def teacher_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The one autocast of every teacher forward (cache and online): bf16 on CUDA, none (fp32) on CPU."""
+    dtype = compute_dtype(device)
+    return torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+
+
+def token_context(tokens: torch.Tensor) -> int:
+    """Length of the longest token sequence of host token ids [B, L] (pad id 0): read on the host, so
+    no device sync is needed to trim a batch."""
+    return int((tokens != 0).sum(dim=1).max()) if len(tokens) else tokens.shape[1]
+
+
+def encode_image_batch(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The teacher's image forward, shared by the cache and the online mode: [B, 3, S, S] -> [B, d] float32.
+
+    Gradients flow when the caller enables them (the trainable online teacher)."""
+    if pixels.is_cuda:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with teacher_autocast(pixels.device):
+        return model.encode_image(pixels).float()
+
+
+def encode_token_batch(model: torch.nn.Module, tokens: torch.Tensor, context: int | None) -> torch.Tensor:
+    """The teacher's text forward, shared by the cache and the online mode: [B, L] -> [B, d] float32.
+
+    `context` (from `token_context` on the host tokens, only for an `is_trimmable` model) runs the
+    tower on that many positions; None runs the library's full-context `encode_text`."""
+    with teacher_autocast(tokens.device):
+        if context is not None:
+            return encode_text_trimmed(model, tokens, context).float()
+        return model.encode_text(tokens).float()
+
+
+def encode_text_trimmed(
+    model: torch.nn.Module, tokens: torch.Tensor, context: int | None = None
+) -> torch.Tensor:
     """open_clip's `CLIP.encode_text`, run on the shortest context that holds every end token.
 
     The positional embeddings and the causal mask are sliced to that length; everything else is
-    the library's own modules in the library's order.
+    the library's own modules in the library's order. Pass `context` (`token_context` of the host
+    tokens) to avoid reading the device tokens back.
     """
-    lengths = (tokens != 0).sum(dim=1)
-    context = int(lengths.max().item())
+    if context is None:
+        context = token_context(tokens.cpu())
     tokens = tokens[:, :context]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)

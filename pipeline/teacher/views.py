@@ -13,6 +13,7 @@ The trainer's side, replaying the stored views, is `pipeline/targets/replay.py`.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data import TransformConfig, load_split
 from pipeline.data.decode import read_image_tensor
@@ -102,19 +104,53 @@ def params_table(items: Sequence[str]) -> np.ndarray:
     return np.asarray([json.loads(item)[3] for item in items], dtype=np.float32)
 
 
-def embed_views(teacher: Teacher, items: Sequence[str], transform: TransformConfig) -> np.ndarray:
-    """[rows, K, d] float32: the teacher's [DIE] of each view's pixels, rendered by the student's
-    loader's own apply step (`render_view`) and framed as the online teacher frames the student's input
-    (`Teacher.preprocess_view`)."""
-    out = []
-    for item in items:
-        path, box, text, rows = json.loads(item)
+class _RenderedViews(Dataset):
+    """Item i: the K views of record `items[i]`, rendered and framed for the teacher in a loader
+    worker: [K, 3, S, S] float32."""
+
+    def __init__(self, items: Sequence[str], teacher: Teacher, transform: TransformConfig) -> None:
+        self.items = list(items)
+        self.teacher = teacher
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path, box, text, rows = json.loads(self.items[index])
         image = read_image_tensor(Path(path))  # read_rgb's checks: a bad file gives one line
-        pixels = torch.stack(
-            [teacher.preprocess_view(render_view(image, box, text, row, transform)) for row in rows]
-        )
-        out.append(teacher.encode_images(pixels).cpu())
-    return torch.stack(out).numpy()
+        views = [render_view(image, box, text, row, self.transform) for row in rows]
+        return torch.stack([self.teacher.preprocess_view(view) for view in views])
+
+
+def embed_views(
+    teacher: Teacher,
+    items: Sequence[str],
+    transform: TransformConfig,
+    batch_size: int = 256,
+    decode_workers: int = 0,
+) -> np.ndarray:
+    """[rows, K, d] float32: the teacher's [DIE] of each view's pixels, framed as the online teacher
+    frames the student's input (`Teacher.preprocess_view`).
+
+    Records x K views are rendered by `decode_workers` loader processes (none inside a daemonic dask
+    worker, which may not start them) and encoded about `batch_size` views at a time.
+    """
+    if not items:
+        return np.empty((0, 0, teacher.embedding_dim), dtype=np.float32)
+    count = len(json.loads(items[0])[3])
+    workers = 0 if multiprocessing.current_process().daemon else decode_workers
+    loader = DataLoader(
+        _RenderedViews(items, teacher, transform),
+        batch_size=max(1, batch_size // count),
+        num_workers=workers,
+        pin_memory=teacher.device.type == "cuda",
+    )
+    out = []
+    for pixels in loader:  # [B, K, 3, S, S]
+        embeddings = teacher.encode_images(pixels.flatten(0, 1).to(teacher.device, non_blocking=True))
+        out.append(embeddings.unflatten(0, pixels.shape[:2]))
+    return torch.cat(out).cpu().numpy()
 
 
 def student_transform(student: str, image_size: int | None = None) -> TransformConfig:
