@@ -286,12 +286,7 @@ def test_views_embedded_in_batches_equal_the_one_record_at_a_time_build(shapes_r
         with Image.open(path) as image:
             rgb = image.convert("RGB")
         views = [render_view(rgb, box, text, row, spec.transform) for row in rows]
-        pixels = teacher.preprocess_student_pixels(
-            torch.stack([v.pixels for v in views]),
-            torch.stack([v.pixel_mask for v in views]),
-            spec.transform.mean,
-            spec.transform.std,
-        )
+        pixels = torch.stack([teacher.preprocess_view(view) for view in views])
         one_at_a_time.append(teacher.encode_images(pixels))
     expected = torch.stack(one_at_a_time).numpy()
     per_record = embed_views(teacher, plan.items, spec.transform, batch_size=K, decode_workers=0)
