@@ -162,7 +162,7 @@ class Trainer:
     def resume(self) -> None:
         payload = self.resume_payload or load_checkpoint(self.out / LAST)
         self.resume_payload = None  # its tensors are copied into the model and optimizer below
-        self.state = restore(self.parts, payload, self.env)
+        self.state = restore(self.parts, payload, self.env, self.device)
 
     # loops -----------------------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class Trainer:
                 self.best_weights = {
                     k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                 }
-            rng_states = gather_objects([rng_state()], env)  # a collective: every rank takes part
+            rng_states = gather_objects([rng_state(self.device)], env)  # a collective: every rank takes part
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
