@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.engine import checkpoint
@@ -61,3 +62,40 @@ def test_rng_state_saves_only_this_process_device(monkeypatch) -> None:
     state = checkpoint.rng_state(torch.device("cuda:2"))
     assert asked == [torch.device("cuda:2")] and state["cuda"].shape == (1,)
     assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))
+
+
+def test_the_global_batch_is_split_across_ranks_and_an_uneven_one_refused() -> None:
+    from pipeline.engine.setup import per_rank_batch
+
+    assert per_rank_batch(64, 1) == 64 and per_rank_batch(64, 8) == 8 and per_rank_batch(4, 2) == 2
+    with pytest.raises(ValueError, match="--batch-size 3 is the global batch and does not divide by the 2"):
+        per_rank_batch(3, 2)
+
+
+def test_device_cuda_n_is_honoured_outside_torchrun() -> None:
+    from pipeline.engine.distributed import DistEnv
+    from pipeline.engine.setup import train_device
+
+    alone, rank3 = DistEnv(), DistEnv(rank=3, world_size=4, local_rank=3)
+    assert train_device("cuda:1", alone) == torch.device("cuda", 1)
+    assert train_device("cuda", alone) == torch.device("cuda", 0)
+    assert train_device("cpu", alone) == torch.device("cpu")
+    # under torchrun each process takes its local rank's GPU, whatever index --device names
+    assert train_device("cuda", rank3) == torch.device("cuda", 3)
+    assert train_device("cuda:0", rank3) == torch.device("cuda", 3)
+    assert train_device("cpu", rank3) == torch.device("cpu")
+
+
+def test_lgrnet_align_batch_builds_no_tensor_from_the_host(monkeypatch) -> None:
+    """A `torch.tensor(..., device=cuda)` in the step is a host->device copy every step."""
+    from types import SimpleNamespace
+
+    from pipeline.criterion import align_batch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.tensor called in the step")
+
+    output = SimpleNamespace(f_obj=torch.zeros(5, 8, dtype=torch.bfloat16))
+    monkeypatch.setattr(torch, "tensor", refuse)
+    count = align_batch(output)
+    assert count.dtype == torch.float32 and count.shape == () and count.item() == 5

@@ -296,6 +296,25 @@ def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, s
         )  # batch shapes differ per rank
 
 
+def test_batch_size_is_the_global_batch_split_across_torchrun_ranks(shapes_root, tmp_path):
+    """2 ranks with --batch-size 4 take 2 each: 8 records, 4 per rank, 2 steps an epoch (not 1)."""
+    out = tmp_path / "global"
+    args = ["train_student.py", "shapes", "--data-root", shapes_root, "--distill", "none", "--out", out]
+    args += ["--student", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "4"]
+    args += ["--max-samples", "8", "--workers", "0", "--device", "cpu"]
+    done = run_torchrun(2, args)
+    assert "batch: 4 global = 2 rank(s) x 2" in done.stdout
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    written = json.loads((out / "config.json").read_text())
+    assert (written["batch_size"], written["world_size"], written["batch_size_per_rank"]) == (4, 2, 2)
+    refused = run_torchrun(2, [*args[:-8], "--batch-size", "3", *args[-6:]], check=False)
+    assert refused.returncode != 0
+    assert "error: --batch-size 3 is the global batch and does not divide by the 2 ranks" in refused.stderr
+    assert (
+        "pipeline/engine" not in refused.stderr
+    )  # the ranks' one line, no traceback (torchrun's own follows)
+
+
 def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes_root, store, tmp_path):
     """`train --ablations`: every variant in one process group with the baseline's settings; resumable."""
     import csv

@@ -60,6 +60,29 @@ def autocast_factory(device: torch.device, enabled: bool) -> Callable[[], contex
     return contextlib.nullcontext
 
 
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """`--batch-size` is the global batch (the paper's, whatever the GPU count): each rank takes an equal
+    share. One that does not divide is refused, before any work: ranks with unequal batches would
+    weigh their gradients unequally under DDP's mean."""
+    if global_batch % world_size:
+        raise ValueError(
+            f"--batch-size {global_batch} is the global batch and does not divide by the {world_size} "
+            f"ranks; use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
+def train_device(requested: str, env: DistEnv) -> torch.device:
+    """The device this process trains on: under torchrun, the GPU of its local rank (`cuda` or any
+    `cuda:N`: one process per GPU); alone, the one `--device` names (`cuda` = GPU 0)."""
+    device = torch.device(requested)
+    if device.type != "cuda":
+        return device
+    if env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cuda", device.index or 0)
+
+
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     """Linear warm-up over `warmup_epochs`, then the paper's x0.1 step at `lr_drop`."""
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
@@ -85,11 +108,11 @@ def train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, c
     """The run's one training loader; its workers persist across epochs (the sampler carries the epoch)."""
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=per_rank_batch(config.batch_size, env.world_size),
         sampler=EpochSampler(len(dataset), env, config.seed),
         num_workers=config.workers,
         collate_fn=collate,
-        drop_last=len(dataset) > config.batch_size * env.world_size,
+        drop_last=len(dataset) > config.batch_size,  # a smaller set still trains: one short batch
         pin_memory=config.device.startswith("cuda"),
         persistent_workers=config.workers > 0 and config.persistent_workers,
         # Its own generator: a loader draws its workers' seed when it starts them, once a run when they

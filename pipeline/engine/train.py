@@ -44,8 +44,10 @@ from pipeline.engine.setup import (
     build_optimizer,
     eval_splits,
     lr_factor,
+    per_rank_batch,
     prepare_split,
     student_config_for,
+    train_device,
     train_loader,
 )
 from pipeline.errors import ExpectedError
@@ -64,9 +66,10 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.env = init_distributed(config.device)
-        self.device = torch.device(
-            f"cuda:{self.env.local_rank}" if config.device.startswith("cuda") else config.device
-        )
+        self.batch_size = per_rank_batch(config.batch_size, self.env.world_size)  # before any work
+        self.device = train_device(config.device, self.env)
+        if self.device.type == "cuda":  # `--device cuda:N` alone: N's stream and allocator by default
+            torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)  # the same on every rank: the frozen tables and DDP's start agree
         self.out = Path(config.out)
         self.resume_payload, self.resume_changes = resume_point(config)  # before any work or write
@@ -110,7 +113,7 @@ class Trainer:
             self.source.table_settings(),
             self.collate.tokenize,
             self.device,
-            config.batch_size,
+            self.batch_size,
             config.workers,
             config.frozen_cache,
         )
@@ -118,9 +121,9 @@ class Trainer:
             table = self.frozen_tables[config.train_split]
             self.train_loader = table_loader(
                 table,
-                config.batch_size,
+                self.batch_size,
                 EpochSampler(len(table), self.env, config.seed),
-                drop_last=len(table) > config.batch_size * self.env.world_size,
+                drop_last=len(table) > config.batch_size,
             )
         else:
             self.train_loader = train_loader(self.train_set, config, self.env, self.collate)
@@ -189,7 +192,7 @@ class Trainer:
 
     def show_progress(self, bar: tqdm, means: dict[str, float], count: int, started: float) -> float:
         """Put the loss and samples/s on the progress bar; returns samples/s."""
-        rate = count * self.config.batch_size * self.env.world_size / max(time.perf_counter() - started, 1e-9)
+        rate = count * self.config.batch_size / max(time.perf_counter() - started, 1e-9)  # the global batch
         if means:
             bar.set_postfix(loss=f"{means['loss/total']:.3f}", samples_s=f"{rate:.1f}")
         return rate
@@ -220,7 +223,7 @@ class Trainer:
             output = self.ddp_model(**model_inputs(batch, self.device))
         box = batch["box"]
         targets = LossTargets(
-            box.to(self.device) if box is not None else None,
+            box.to(self.device, non_blocking=True) if box is not None else None,  # pinned: no host wait
             teacher_image,
             teacher_text,
             self.source.teacher_grad,
@@ -243,7 +246,7 @@ class Trainer:
         if split not in self.eval_loaders and self.config.precompute_frozen:
             table = self.frozen_tables[split]
             self.eval_loaders[split] = table_loader(
-                table, self.config.batch_size, EvalShardSampler(len(table), self.env)
+                table, self.batch_size, EvalShardSampler(len(table), self.env)
             )
         if split not in self.eval_loaders:
             dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
@@ -251,7 +254,7 @@ class Trainer:
                 dataset,
                 self.collate,
                 self.env,
-                self.config.batch_size,
+                self.batch_size,
                 self.config.workers,
                 persistent=self.config.persistent_workers,
             )
@@ -263,7 +266,10 @@ class Trainer:
         config, env = self.config, self.env
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            # The effective batch beside the options: --batch-size is global, each rank takes a share.
+            batch = {"world_size": env.world_size, "batch_size_per_rank": self.batch_size}
+            (self.out / "config.json").write_text(json.dumps({**config.to_dict(), **batch}, indent=2))
+            print(f"batch: {config.batch_size} global = {env.world_size} rank(s) x {self.batch_size}")
         if config.resume:
             self.resume()
         metrics_path = self.out / METRICS
