@@ -99,3 +99,26 @@ def test_lgrnet_align_batch_builds_no_tensor_from_the_host(monkeypatch) -> None:
     monkeypatch.setattr(torch, "tensor", refuse)
     count = align_batch(output)
     assert count.dtype == torch.float32 and count.shape == () and count.item() == 5
+
+
+def test_frozen_batch_norm_keeps_bf16_activations_bf16() -> None:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from pipeline.student.backbone import build_backbone
+    from pipeline.student.config import StudentConfig
+
+    config = StudentConfig(backbone="resnet18", backbone_weights="none", freeze_bn=True)
+    body = build_backbone(config, pretrained=False).body
+    norms = [m for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert norms
+    norm = norms[0]
+    generator = torch.Generator().manual_seed(0)
+    for name in ("weight", "bias", "running_mean"):
+        getattr(norm, name).copy_(torch.randn(norm.weight.shape, generator=generator))
+    norm.running_var.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+    x = torch.randn(2, norm.weight.shape[0], 5, 7, generator=generator)
+    expected = norm(x)
+    out = norm(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    assert norm(x).dtype == torch.float32
