@@ -406,12 +406,19 @@ def test_a_bad_student_setting_stops_the_train_command_before_any_work(tmp_path)
     assert "unknown StudentConfig field 'vl_layer'" in result.output
 
 
-def test_default_loader_workers_never_exceed_the_usable_cpus(monkeypatch):
+def test_default_loader_workers_share_the_usable_cpus_among_the_local_ranks(monkeypatch):
     import os
 
-    from pipeline.cli.common import default_workers
+    from pipeline.cli.options import default_loader_workers
 
+    assert default_loader_workers(usable=2, local_world_size=1) == 2
+    assert default_loader_workers(usable=16, local_world_size=1) == 8  # capped
+    assert default_loader_workers(usable=16, local_world_size=4) == 4
+    assert default_loader_workers(usable=128, local_world_size=8) == 8
+    assert default_loader_workers(usable=4, local_world_size=8) == 1  # never 0: in-process is slower
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's ranks on this node
+    assert default_loader_workers() == 6
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert default_workers() == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert default_workers() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_loader_workers() == 2

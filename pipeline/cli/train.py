@@ -12,12 +12,17 @@ from pipeline.cli.common import (
     CACHE_ROOT,
     DATA_ROOT,
     DEVICE,
-    default_workers,
     found_store,
     setup_logging,
 )
 from pipeline.cli.errors import one_line_errors
-from pipeline.cli.options import bounded_workers, check_out_dir, check_out_file, resolve_device
+from pipeline.cli.options import (
+    bounded_workers,
+    check_out_dir,
+    check_out_file,
+    default_loader_workers,
+    resolve_device,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -86,7 +91,10 @@ def train(
     allow_random_teacher: bool = typer.Option(False),
     teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
     device: str = DEVICE,
-    workers: int = typer.Option(default_workers(), help="data-loading processes (default: up to 4)"),
+    workers: int = typer.Option(
+        default_loader_workers(),
+        help="data-loading processes per rank (default: the usable CPUs / the ranks on this node, up to 8)",
+    ),
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
     max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
