@@ -151,6 +151,22 @@ def test_loss_reaches_the_host_every_sync_every_steps_and_at_the_epoch_end(
     assert row["loss/total"] > 0 and all(isinstance(row[f"loss/{key}"], float) for key in ("box", "giou"))
 
 
+def test_live_signals_reach_tensorboard_and_the_metrics_file(shapes_root, store, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(tiny_run(shapes_root, out, store=store, epochs=1, batch_size=2, sync_every=2, progress=True))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "lr", "val/acc@0.5", "samples_per_s", "data_wait_fraction"} <= tags, tags
+    assert not any(tag.startswith("gpu/") for tag in tags)  # peak GPU memory: CUDA only
+    assert [event.step for event in events.Scalars("loss/total")] == [2, 4]  # a sync window, the epoch
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= row["data_wait_fraction"] <= 1.0 and row["samples_per_s"] > 0
+    assert "data_wait=" in capsys.readouterr().err  # on the progress bar
+
+
 def test_a_nan_inside_a_sync_window_is_still_caught_before_the_checkpoint(
     shapes_root, store, tmp_path, monkeypatch
 ):

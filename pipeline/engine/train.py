@@ -37,7 +37,14 @@ from pipeline.engine.distributed import (
 )
 from pipeline.engine.evaluate import Prediction, eval_loader, predict_split, summarize
 from pipeline.engine.frozen_inputs import FrozenTables, model_inputs, table_loader
-from pipeline.engine.reports import METRICS, append_jsonl, start_metrics, write_run_report
+from pipeline.engine.reports import (
+    METRICS,
+    append_jsonl,
+    open_live_signals,
+    start_metrics,
+    write_run_report,
+    write_scalars,
+)
 from pipeline.engine.run_checkpoint import RunParts, RunState, checkpoint_payload, restore, resume_point
 from pipeline.engine.setup import (
     autocast_factory,
@@ -158,6 +165,7 @@ class Trainer:
         self.state = RunState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.eval_loaders: dict[str, DataLoader] = {}
+        self.live = None  # rank 0's TensorBoard writer while `fit` runs
 
     def eval_splits(self) -> list[str]:
         return eval_splits(self.config)
@@ -174,28 +182,44 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         self.ddp_model.train()
         running: dict[str, torch.Tensor] = {}
-        count, started = 0, time.perf_counter()
+        count, started, waited = 0, time.perf_counter(), 0.0
         show = self.config.progress and self.env.is_main
+        batches = iter(loader)
         with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", disable=not show) as bar:
-            for batch in loader:
+            while True:
+                # Time blocked on the loader, read on the host clock: no device sync is added. Between
+                # syncs the host runs ahead of the GPU, so over a window this is the share of the
+                # step time spent waiting for data.
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - asked
+                if batch is None:
+                    break
                 terms = self.train_step(batch)
                 count += 1
                 bar.update()
                 for key, value in terms.items():
                     running[key] = running[key] + value if key in running else value
                 if count % self.config.sync_every == 0 and count < len(loader):
-                    self.show_progress(bar, self.synced_means(running, count), count, started)
+                    means = self.synced_means(running, count)
+                    signals = self.show_progress(bar, means, count, started, waited)
+                    write_scalars(self.live, {**means, **signals}, self.state.step)
             epoch_means = self.synced_means(running, count)  # the epoch's last step is read once, here
-            rate = self.show_progress(bar, epoch_means, count, started)
-        means = {**epoch_means, "samples_per_s": rate}
-        return means
+            signals = self.show_progress(bar, epoch_means, count, started, waited)
+        return {**epoch_means, **signals}
 
-    def show_progress(self, bar: tqdm, means: dict[str, float], count: int, started: float) -> float:
-        """Put the loss and samples/s on the progress bar; returns samples/s."""
-        rate = count * self.config.batch_size / max(time.perf_counter() - started, 1e-9)  # the global batch
+    def show_progress(
+        self, bar: tqdm, means: dict[str, float], count: int, started: float, waited: float
+    ) -> dict[str, float]:
+        """Put the loss, samples/s and the data-wait fraction on the progress bar; returns the last two."""
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rate = count * self.config.batch_size / elapsed  # the global batch
+        wait = min(1.0, waited / elapsed)
         if means:
-            bar.set_postfix(loss=f"{means['loss/total']:.3f}", samples_s=f"{rate:.1f}")
-        return rate
+            bar.set_postfix(
+                loss=f"{means['loss/total']:.3f}", samples_s=f"{rate:.1f}", data_wait=f"{wait:.0%}"
+            )
+        return {"samples_per_s": rate, "data_wait_fraction": wait}
 
     def synced_means(self, running: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """Epoch-so-far mean of each loss term (and diagnostic) over all ranks; stops the run if any
@@ -276,6 +300,18 @@ class Trainer:
         if env.is_main:
             start_metrics(metrics_path, self.state.epoch if config.resume else None, self.resume_changes)
             print(f"targets: {self.source.describe()}")
+            self.live = open_live_signals(self.out)
+        try:
+            self.train_epochs(metrics_path)
+        finally:
+            if self.live is not None:
+                self.live.close()
+                self.live = None
+        return self.finish()
+
+    def train_epochs(self, metrics_path: Path) -> None:
+        """The epochs still to run, each followed by val, the metrics row and the checkpoints."""
+        config, env = self.config, self.env
         for epoch in range(self.state.epoch, config.epochs):
             train_terms = self.train_epoch(epoch)
             val = summarize(self.evaluate(config.val_split))
@@ -294,12 +330,15 @@ class Trainer:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.device.type == "cuda":  # the epoch's peak, then counted afresh
+                    row["gpu/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 append_jsonl(metrics_path, row)
+                write_scalars(self.live, row, self.state.step)
                 payload = checkpoint_payload(self.parts, self.state, rng_states)
                 save_checkpoint(self.out / LAST, payload)
                 if improved:
                     save_checkpoint(self.out / BEST, payload)
-        return self.finish()
 
     def finish(self) -> dict[str, Any]:
         """Every split evaluated with the best-val weights (`best.pt`): val and test from one model."""
