@@ -122,3 +122,42 @@ def test_frozen_batch_norm_keeps_bf16_activations_bf16() -> None:
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
     assert norm(x).dtype == torch.float32
+
+
+def test_the_cuda_recipe_is_a_no_op_on_cpu_and_fused_adamw_is_asked_only_on_cuda(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.setup import cuda_recipe, fused_adamw_options, student_config_for
+
+    config = TrainConfig(dataset="shapes", distill="none", student="tiny")
+    before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.fp32_precision)
+    cuda_recipe(torch.device("cpu"), config)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.fp32_precision) == before
+
+    on_gpu = [SimpleNamespace(device=torch.device("cuda", 0))] * 3
+    assert fused_adamw_options(on_gpu, enabled=True) == {"fused": True}
+    assert fused_adamw_options(on_gpu, enabled=False) == {}
+    assert fused_adamw_options([*on_gpu, torch.zeros(1)], enabled=True) == {}  # one on the CPU
+    assert fused_adamw_options([torch.zeros(1)], enabled=True) == {}
+
+    # channels-last student on CUDA by default; off on CPU, or when turned off, or set on the student
+    assert not student_config_for(config).channels_last
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = TrainConfig(dataset="shapes", distill="none", student="tiny", device="cuda")
+    assert student_config_for(cuda).channels_last
+    assert not student_config_for(TrainConfig(**{**cuda.__dict__, "channels_last": False})).channels_last
+    kept = TrainConfig(**{**cuda.__dict__, "student_overrides": {"channels_last": False}})
+    assert not student_config_for(kept).channels_last
+
+
+def test_build_optimizer_on_cpu_does_not_ask_for_the_fused_kernel() -> None:
+    from pipeline.engine.config import TrainConfig
+    from pipeline.engine.setup import build_optimizer, student_config_for
+    from pipeline.student import build_student
+
+    config = TrainConfig(
+        dataset="shapes", distill="none", student="tiny", student_overrides={"image_size": 64}
+    )
+    optimizer = build_optimizer(build_student(student_config_for(config)), [], config)
+    assert not optimizer.defaults.get("fused")

@@ -28,7 +28,30 @@ from pipeline.student import StudentBase, StudentConfig, param_groups, student_p
 def student_config_for(config: TrainConfig) -> StudentConfig:
     # A JSON-lines file is not in the registry: `max_query_len` knows both kinds of dataset.
     overrides = {"max_query_len": max_query_len(config.dataset), **config.student_overrides}
+    if config.channels_last and config.device.startswith("cuda"):
+        # cuDNN's fast convolution kernels (and bf16 tensor cores) want NHWC; the student's own
+        # `channels_last` (from --student-set) wins. The weights are the same either way.
+        overrides.setdefault("channels_last", True)
     return student_preset(config.student, **overrides)
+
+
+def cuda_recipe(device: torch.device, config: TrainConfig) -> None:
+    """The process-wide CUDA settings of a run: cuDNN's autotuner (the input size is fixed) and TF32
+    for fp32 matmuls and convolutions (what autocast leaves in fp32). A no-op on CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    precision = "tf32" if config.tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def fused_adamw_options(params: list, enabled: bool) -> dict[str, bool]:
+    """`{"fused": True}` when asked and every parameter is on CUDA (one kernel for all parameters,
+    not several per tensor); else nothing: AdamW's default, which CPU runs need."""
+    if enabled and params and all(param.device.type == "cuda" for param in params):
+        return {"fused": True}
+    return {}
 
 
 def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
@@ -101,7 +124,9 @@ def build_optimizer(
     )
     if extra:
         groups.append({"params": extra, "lr": config.lr_pretrained})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    params = [param for group in groups for param in group["params"]]
+    options = fused_adamw_options(params, config.fused_optimizer)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
 
 
 def train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate) -> DataLoader:

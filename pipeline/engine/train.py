@@ -49,6 +49,7 @@ from pipeline.engine.run_checkpoint import RunParts, RunState, checkpoint_payloa
 from pipeline.engine.setup import (
     autocast_factory,
     build_optimizer,
+    cuda_recipe,
     eval_splits,
     lr_factor,
     per_rank_batch,
@@ -77,6 +78,7 @@ class Trainer:
         self.device = train_device(config.device, self.env)
         if self.device.type == "cuda":  # `--device cuda:N` alone: N's stream and allocator by default
             torch.cuda.set_device(self.device)
+        cuda_recipe(self.device, config)
         torch.manual_seed(config.seed)  # the same on every rank: the frozen tables and DDP's start agree
         self.out = Path(config.out)
         self.resume_payload, self.resume_changes = resume_point(config)  # before any work or write
