@@ -171,16 +171,24 @@ def evaluate(
     data_root: Path = DATA_ROOT,
     dataset: str | None = typer.Option(None, help="default: the checkpoint's"),
     splits: list[str] = typer.Option([], "--split", help="default: every split but train"),
-    batch_size: int = typer.Option(64),
+    batch_size: int | None = typer.Option(None, help="default: the run's --batch-size"),
     device: str = DEVICE,
+    workers: int = typer.Option(
+        default_loader_workers(), help="data-loading processes (default: as `train`'s, up to 8)"
+    ),
     skip_missing: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Acc@0.5 and mean IoU per split for a checkpoint."""
+    """Acc@0.5 and mean IoU per split for a checkpoint, evaluated as its run did (autocast, batch)."""
     from pipeline.engine.evaluate import evaluate_checkpoint, format_table
 
     device = resolve_device(device)
-    results = evaluate_checkpoint(checkpoint, data_root, dataset, splits, batch_size, device, skip_missing)
+    workers = bounded_workers(workers, "--workers")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    results = evaluate_checkpoint(
+        checkpoint, data_root, dataset, splits, batch_size, device, skip_missing, workers=workers
+    )
     typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
 
 
