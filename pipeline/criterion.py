@@ -119,7 +119,9 @@ def align_batch(output: Any) -> Tensor:
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return torch.tensor(float(world * len(output.f_obj)), device=output.f_obj.device)
+    # A fill on the device (the count is a kernel argument): `torch.tensor(..., device=cuda)` would
+    # copy from the host every step.
+    return output.f_obj.new_full((), float(world * len(output.f_obj)), dtype=torch.float32)
 
 
 class Criterion(nn.Module):

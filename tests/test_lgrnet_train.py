@@ -88,16 +88,17 @@ def test_quick_lgrnet_ablations_write_one_table(shapes_root, store, tmp_path):
 
 
 def test_the_lgrnet_grid_runs_under_torchrun_and_resumes(shapes_root, store, tmp_path):
-    """DDP: L_align gathers both ranks' rows (align_batch = 2 x batch); --resume runs only what is missing."""
+    """DDP: L_align gathers both ranks' rows (align_batch = the global --batch-size, 2 ranks x half of it);
+    --resume runs only what is missing."""
     out = tmp_path / "grid"
     args = ["train_student.py", *train_args(shapes_root, out, "--cache", str(store), "--ablations")[1:]]
     run_torchrun(2, args, timeout=900)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 10
     base = json.loads((out / "lgrnet_N2_lambda2.0_batch4" / "metrics.jsonl").read_text().splitlines()[0])
-    assert base["diag/align_batch"] == 8
+    assert base["diag/align_batch"] == 4
     half = json.loads((out / "lambda2.0_batch2" / "metrics.jsonl").read_text().splitlines()[0])
-    assert half["diag/align_batch"] == 4
+    assert half["diag/align_batch"] == 2
     shutil.rmtree(out / "2_prediction_tokens")
     run_torchrun(2, [*args, "--resume"], timeout=900)
     for metrics in out.glob("*/metrics.jsonl"):  # one epoch each: finished variants were not retrained

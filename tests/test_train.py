@@ -151,6 +151,22 @@ def test_loss_reaches_the_host_every_sync_every_steps_and_at_the_epoch_end(
     assert row["loss/total"] > 0 and all(isinstance(row[f"loss/{key}"], float) for key in ("box", "giou"))
 
 
+def test_live_signals_reach_tensorboard_and_the_metrics_file(shapes_root, store, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(tiny_run(shapes_root, out, store=store, epochs=1, batch_size=2, sync_every=2, progress=True))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "lr", "val/acc@0.5", "samples_per_s", "data_wait_fraction"} <= tags, tags
+    assert not any(tag.startswith("gpu/") for tag in tags)  # peak GPU memory: CUDA only
+    assert [event.step for event in events.Scalars("loss/total")] == [2, 4]  # a sync window, the epoch
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= row["data_wait_fraction"] <= 1.0 and row["samples_per_s"] > 0
+    assert "data_wait=" in capsys.readouterr().err  # on the progress bar
+
+
 def test_a_nan_inside_a_sync_window_is_still_caught_before_the_checkpoint(
     shapes_root, store, tmp_path, monkeypatch
 ):
@@ -296,6 +312,25 @@ def test_two_process_gloo_ddp_evaluates_every_sample_exactly_once(shapes_root, s
         )  # batch shapes differ per rank
 
 
+def test_batch_size_is_the_global_batch_split_across_torchrun_ranks(shapes_root, tmp_path):
+    """2 ranks with --batch-size 4 take 2 each: 8 records, 4 per rank, 2 steps an epoch (not 1)."""
+    out = tmp_path / "global"
+    args = ["train_student.py", "shapes", "--data-root", shapes_root, "--distill", "none", "--out", out]
+    args += ["--student", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "4"]
+    args += ["--max-samples", "8", "--workers", "0", "--device", "cpu"]
+    done = run_torchrun(2, args)
+    assert "batch: 4 global = 2 rank(s) x 2" in done.stdout
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    written = json.loads((out / "config.json").read_text())
+    assert (written["batch_size"], written["world_size"], written["batch_size_per_rank"]) == (4, 2, 2)
+    refused = run_torchrun(2, [*args[:-8], "--batch-size", "3", *args[-6:]], check=False)
+    assert refused.returncode != 0
+    assert "error: --batch-size 3 is the global batch and does not divide by the 2 ranks" in refused.stderr
+    assert (
+        "pipeline/engine" not in refused.stderr
+    )  # the ranks' one line, no traceback (torchrun's own follows)
+
+
 def test_the_ablation_grid_runs_under_torchrun_with_the_baselines_options(shapes_root, store, tmp_path):
     """`train --ablations`: every variant in one process group with the baseline's settings; resumable."""
     import csv
@@ -387,12 +422,19 @@ def test_a_bad_student_setting_stops_the_train_command_before_any_work(tmp_path)
     assert "unknown StudentConfig field 'vl_layer'" in result.output
 
 
-def test_default_loader_workers_never_exceed_the_usable_cpus(monkeypatch):
+def test_default_loader_workers_share_the_usable_cpus_among_the_local_ranks(monkeypatch):
     import os
 
-    from pipeline.cli.common import default_workers
+    from pipeline.cli.options import default_loader_workers
 
+    assert default_loader_workers(usable=2, local_world_size=1) == 2
+    assert default_loader_workers(usable=16, local_world_size=1) == 8  # capped
+    assert default_loader_workers(usable=16, local_world_size=4) == 4
+    assert default_loader_workers(usable=128, local_world_size=8) == 8
+    assert default_loader_workers(usable=4, local_world_size=8) == 1  # never 0: in-process is slower
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's ranks on this node
+    assert default_loader_workers() == 6
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert default_workers() == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert default_workers() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_loader_workers() == 2

@@ -21,6 +21,20 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+LOADER_WORKERS_CAP = 8  # past this a rank's decode and augmentation rarely gain, and each costs memory
+
+
+def default_loader_workers(
+    usable: int | None = None, local_world_size: int | None = None, cap: int = LOADER_WORKERS_CAP
+) -> int:
+    """A rank's data-loading processes by default: the node's usable CPUs shared among the ranks on it
+    (torchrun's `LOCAL_WORLD_SIZE`), at least 1, at most `cap`. An explicit --workers wins."""
+    usable = usable_cpus() if usable is None else usable
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(cap, usable // max(1, local_world_size)))
+
+
 def bounded_workers(requested: int, option: str) -> int:
     """`requested` processes, at most one per usable CPU (more only thrash); says so when it lowers it."""
     if requested < 0:

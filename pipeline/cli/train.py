@@ -12,12 +12,17 @@ from pipeline.cli.common import (
     CACHE_ROOT,
     DATA_ROOT,
     DEVICE,
-    default_workers,
     found_store,
     setup_logging,
 )
 from pipeline.cli.errors import one_line_errors
-from pipeline.cli.options import bounded_workers, check_out_dir, check_out_file, resolve_device
+from pipeline.cli.options import (
+    bounded_workers,
+    check_out_dir,
+    check_out_file,
+    default_loader_workers,
+    resolve_device,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -93,7 +98,10 @@ def train(
     allow_random_teacher: bool = typer.Option(False),
     teacher_trainable: bool = typer.Option(False, help="distill=online: fine-tune the teacher too"),
     device: str = DEVICE,
-    workers: int = typer.Option(default_workers(), help="data-loading processes (default: up to 4)"),
+    workers: int = typer.Option(
+        default_loader_workers(),
+        help="data-loading processes per rank (default: the usable CPUs / the ranks on this node, up to 8)",
+    ),
     persistent_workers: bool = typer.Option(True, help="keep data-loading processes across epochs"),
     seed: int = typer.Option(0),
     max_samples: int | None = typer.Option(None, help="cap each split (quick runs)"),
@@ -170,16 +178,24 @@ def evaluate(
     data_root: Path = DATA_ROOT,
     dataset: str | None = typer.Option(None, help="default: the checkpoint's"),
     splits: list[str] = typer.Option([], "--split", help="default: every split but train"),
-    batch_size: int = typer.Option(64),
+    batch_size: int | None = typer.Option(None, help="default: the run's --batch-size"),
     device: str = DEVICE,
+    workers: int = typer.Option(
+        default_loader_workers(), help="data-loading processes (default: as `train`'s, up to 8)"
+    ),
     skip_missing: bool = typer.Option(False),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Acc@0.5 and mean IoU per split for a checkpoint."""
+    """Acc@0.5 and mean IoU per split for a checkpoint, evaluated as its run did (autocast, batch)."""
     from pipeline.engine.evaluate import evaluate_checkpoint, format_table
 
     device = resolve_device(device)
-    results = evaluate_checkpoint(checkpoint, data_root, dataset, splits, batch_size, device, skip_missing)
+    workers = bounded_workers(workers, "--workers")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    results = evaluate_checkpoint(
+        checkpoint, data_root, dataset, splits, batch_size, device, skip_missing, workers=workers
+    )
     typer.echo(json.dumps(results, indent=2) if as_json else format_table(results))
 
 

@@ -25,17 +25,30 @@ class CheckpointError(ValueError):
     """A file that is not a readable checkpoint of this project (empty, truncated, another kind)."""
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The CPU generator's state, and on CUDA the state of `device` (this process's GPU) only:
+    `get_rng_state_all` would open a context on every visible GPU, and a run resumed on fewer GPUs
+    could not put them all back."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what fits this process: the CPU state, and `device`'s CUDA state when one was saved.
+    Older checkpoints hold a list (every GPU visible when saved); only `device`'s entry is used, and
+    none when that GPU index was not there (a resume on more GPUs than saved)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if device is None or device.type != "cuda" or saved is None:
+        return
+    if isinstance(saved, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -68,6 +68,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on GPU only
+    # The CUDA recipe (`setup.cuda_recipe`; each a no-op on CPU): a channels-last student and inputs,
+    # cuDNN's autotuner, TF32 for fp32 matmuls and convolutions, the fused AdamW kernel.
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    tf32: bool = True
+    fused_optimizer: bool = True
     compile: bool = False
     skip_missing: bool = False
     resume: bool = False

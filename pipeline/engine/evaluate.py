@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.engine.config import TrainConfig
 from pipeline.engine.distributed import DistEnv, EvalShardSampler, gather_objects
 from pipeline.engine.frozen_inputs import model_inputs
-from pipeline.engine.setup import prepare_split
+from pipeline.engine.setup import autocast_factory, cuda_recipe, per_rank_batch, prepare_split, train_device
 from pipeline.metrics import accuracy_at, box_iou_pairs, clamp_normalized
 from pipeline.student import (
     StudentConfig,
@@ -172,13 +171,21 @@ def evaluate_checkpoint(
     data_root: Path,
     dataset: str | None,
     splits: list[str],
-    batch_size: int,
+    batch_size: int | None,
     device: str,
     skip_missing: bool,
+    workers: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Per-split Acc@0.5 / mIoU of a checkpoint on a dataset (its own by default)."""
+    """Per-split Acc@0.5 / mIoU of a checkpoint on a dataset (its own by default), evaluated as its
+    run evaluated: the run's autocast (bf16 on CUDA when it trained with amp) and CUDA recipe, its
+    batch (`batch_size` None; one process takes the whole global batch), `workers` loader processes."""
+    env = DistEnv()
     model, _, train_config = load_student(checkpoint, device)
     config = data_config_for(train_config, data_root, dataset, skip_missing)
+    torch_device = train_device(device, env)
+    cuda_recipe(torch_device, config)
+    autocast = autocast_factory(torch_device, config.amp)  # the trainer's own factory
+    batch = per_rank_batch(config.batch_size if batch_size is None else batch_size, env.world_size)
     splits = splits or [s for s in available_splits(config.dataset, data_root) if s != config.train_split]
     transform_config = transform_config_for(model.config)
     transform = EvalTransform(transform_config)
@@ -186,9 +193,7 @@ def evaluate_checkpoint(
     results = {}
     for split in splits:
         data = GroundingDataset(prepare_split(config, split), transform, seed=0)
-        loader = eval_loader(data, collate, DistEnv(), batch_size, workers=0)
-        predictions = predict_split(
-            model, loader, DistEnv(), torch.device(device), contextlib.nullcontext, transform_config
-        )
+        loader = eval_loader(data, collate, env, batch, workers=workers, persistent=False)
+        predictions = predict_split(model, loader, env, torch_device, autocast, transform_config)
         results[split] = summarize(predictions)
     return results

@@ -12,6 +12,25 @@ from pipeline.engine.evaluate import Prediction, format_table
 from pipeline.engine.plots import plot_curves, plot_gallery, read_metrics
 
 METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"  # <out>/tensorboard/: the live signals, for `tensorboard --logdir`
+
+
+def open_live_signals(out: Path):
+    """A TensorBoard writer under `<out>/tensorboard/` (rank 0 only opens one). A resumed run adds
+    an event file beside the earlier ones; TensorBoard orders them by step."""
+    from torch.utils.tensorboard import SummaryWriter  # deferred: eval and predict never pay for it
+
+    return SummaryWriter(log_dir=str(Path(out) / TENSORBOARD))
+
+
+def write_scalars(writer, row: dict[str, Any], step: int) -> None:
+    """Every number of `row` (a metrics row: losses, lr, val metrics, samples/s, data wait, peak GPU
+    memory) as a scalar at `step`, its key the tag; the row's counters (epoch, step) are the axis."""
+    if writer is None:
+        return
+    for key, value in row.items():
+        if key not in ("epoch", "step") and isinstance(value, int | float) and not isinstance(value, bool):
+            writer.add_scalar(key, value, step)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -16,7 +16,8 @@ from pipeline.engine.config import TrainConfig
 # How the run is executed, not what it computes: free to change on resume.
 SAFE_ON_RESUME = frozenset(
     {"epochs", "workers", "persistent_workers", "device", "amp", "progress", "sync_every", "compile",
-     "gallery_size", "eval_splits", "resume", "out", "frozen_cache", "frozen_budget_gb"}
+     "gallery_size", "eval_splits", "resume", "out", "frozen_cache", "frozen_budget_gb", "channels_last",
+     "cudnn_benchmark", "tf32", "fused_optimizer"}
 )  # fmt: skip
 ARCHITECTURE = frozenset({"student", "student_overrides"})
 DATA = frozenset(

@@ -52,7 +52,7 @@ def resume_point(config: TrainConfig) -> tuple[dict[str, Any] | None, dict[str, 
 def checkpoint_payload(
     parts: RunParts, state: RunState, rng_states: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """Everything a resumed run needs; `rng_states`: every rank's RNG (default: this process's)."""
+    """Everything a resumed run needs; `rng_states`: every rank's RNG (default: this process's CPU RNG)."""
     rng_states = rng_states or [rng_state()]
     payload = {
         "model": parts.model.state_dict(),
@@ -74,8 +74,11 @@ def checkpoint_payload(
     return payload
 
 
-def restore(parts: RunParts, payload: dict[str, Any], env: DistEnv) -> RunState:
-    """Load a checkpoint into the run's parts and RNG; returns where the run stood."""
+def restore(
+    parts: RunParts, payload: dict[str, Any], env: DistEnv, device: torch.device | None = None
+) -> RunState:
+    """Load a checkpoint into the run's parts and RNG (`device`: this process's GPU, whose CUDA RNG is
+    restored); returns where the run stood."""
     load_student_weights(parts.model, payload)
     if "teacher" in payload:
         parts.source.load_state_dict(payload["teacher"])
@@ -84,7 +87,7 @@ def restore(parts: RunParts, payload: dict[str, Any], env: DistEnv) -> RunState:
     parts.scaler.load_state_dict(payload["scaler"])
     ranks = payload.get("rng_ranks", [])
     # Each rank continues its own stream when the world size is the same; else rank 0's for all.
-    set_rng_state(ranks[env.rank] if len(ranks) == env.world_size else payload["rng"])
+    set_rng_state(ranks[env.rank] if len(ranks) == env.world_size else payload["rng"], device)
     return RunState(
         payload["epoch"], payload["step"], payload["best_acc"], payload.get("best_epoch", payload["epoch"])
     )

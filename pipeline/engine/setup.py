@@ -28,7 +28,30 @@ from pipeline.student import StudentBase, StudentConfig, param_groups, student_p
 def student_config_for(config: TrainConfig) -> StudentConfig:
     # A JSON-lines file is not in the registry: `max_query_len` knows both kinds of dataset.
     overrides = {"max_query_len": max_query_len(config.dataset), **config.student_overrides}
+    if config.channels_last and config.device.startswith("cuda"):
+        # cuDNN's fast convolution kernels (and bf16 tensor cores) want NHWC; the student's own
+        # `channels_last` (from --student-set) wins. The weights are the same either way.
+        overrides.setdefault("channels_last", True)
     return student_preset(config.student, **overrides)
+
+
+def cuda_recipe(device: torch.device, config: TrainConfig) -> None:
+    """The process-wide CUDA settings of a run: cuDNN's autotuner (the input size is fixed) and TF32
+    for fp32 matmuls and convolutions (what autocast leaves in fp32). A no-op on CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    precision = "tf32" if config.tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def fused_adamw_options(params: list, enabled: bool) -> dict[str, bool]:
+    """`{"fused": True}` when asked and every parameter is on CUDA (one kernel for all parameters,
+    not several per tensor); else nothing: AdamW's default, which CPU runs need."""
+    if enabled and params and all(param.device.type == "cuda" for param in params):
+        return {"fused": True}
+    return {}
 
 
 def prepare_split(config: TrainConfig, split: str) -> list[Sample]:
@@ -60,6 +83,29 @@ def autocast_factory(device: torch.device, enabled: bool) -> Callable[[], contex
     return contextlib.nullcontext
 
 
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """`--batch-size` is the global batch (the paper's, whatever the GPU count): each rank takes an equal
+    share. One that does not divide is refused, before any work: ranks with unequal batches would
+    weigh their gradients unequally under DDP's mean."""
+    if global_batch % world_size:
+        raise ValueError(
+            f"--batch-size {global_batch} is the global batch and does not divide by the {world_size} "
+            f"ranks; use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
+def train_device(requested: str, env: DistEnv) -> torch.device:
+    """The device this process trains on: under torchrun, the GPU of its local rank (`cuda` or any
+    `cuda:N`: one process per GPU); alone, the one `--device` names (`cuda` = GPU 0)."""
+    device = torch.device(requested)
+    if device.type != "cuda":
+        return device
+    if env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cuda", device.index or 0)
+
+
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     """Linear warm-up over `warmup_epochs`, then the paper's x0.1 step at `lr_drop`."""
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
@@ -78,18 +124,20 @@ def build_optimizer(
     )
     if extra:
         groups.append({"params": extra, "lr": config.lr_pretrained})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    params = [param for group in groups for param in group["params"]]
+    options = fused_adamw_options(params, config.fused_optimizer)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **options)
 
 
 def train_loader(dataset: GroundingDataset, config: TrainConfig, env: DistEnv, collate) -> DataLoader:
     """The run's one training loader; its workers persist across epochs (the sampler carries the epoch)."""
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=per_rank_batch(config.batch_size, env.world_size),
         sampler=EpochSampler(len(dataset), env, config.seed),
         num_workers=config.workers,
         collate_fn=collate,
-        drop_last=len(dataset) > config.batch_size * env.world_size,
+        drop_last=len(dataset) > config.batch_size,  # a smaller set still trains: one short batch
         pin_memory=config.device.startswith("cuda"),
         persistent_workers=config.workers > 0 and config.persistent_workers,
         # Its own generator: a loader draws its workers' seed when it starts them, once a run when they

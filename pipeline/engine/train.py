@@ -44,15 +44,25 @@ from pipeline.engine.frozen_inputs import (
     stored_dtype,
     table_loader,
 )
-from pipeline.engine.reports import METRICS, append_jsonl, start_metrics, write_run_report
+from pipeline.engine.reports import (
+    METRICS,
+    append_jsonl,
+    open_live_signals,
+    start_metrics,
+    write_run_report,
+    write_scalars,
+)
 from pipeline.engine.run_checkpoint import RunParts, RunState, checkpoint_payload, restore, resume_point
 from pipeline.engine.setup import (
     autocast_factory,
     build_optimizer,
+    cuda_recipe,
     eval_splits,
     lr_factor,
+    per_rank_batch,
     prepare_split,
     student_config_for,
+    train_device,
     train_loader,
 )
 from pipeline.errors import ExpectedError
@@ -71,9 +81,11 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.env = init_distributed(config.device)
-        self.device = torch.device(
-            f"cuda:{self.env.local_rank}" if config.device.startswith("cuda") else config.device
-        )
+        self.batch_size = per_rank_batch(config.batch_size, self.env.world_size)  # before any work
+        self.device = train_device(config.device, self.env)
+        if self.device.type == "cuda":  # `--device cuda:N` alone: N's stream and allocator by default
+            torch.cuda.set_device(self.device)
+        cuda_recipe(self.device, config)
         torch.manual_seed(config.seed)  # the same on every rank: the frozen tables and DDP's start agree
         self.out = Path(config.out)
         self.resume_payload, self.resume_changes = resume_point(config)  # before any work or write
@@ -118,7 +130,7 @@ class Trainer:
             self.source.table_settings(),
             self.collate.tokenize,
             self.device,
-            config.batch_size,
+            self.batch_size,
             config.workers,
             config.frozen_cache or self.out / "frozen",  # a file every rank of the node maps
             self.env,
@@ -129,9 +141,9 @@ class Trainer:
             table = self.frozen_tables[config.train_split]
             self.train_loader = table_loader(
                 table,
-                config.batch_size,
+                self.batch_size,
                 EpochSampler(len(table), self.env, config.seed),
-                drop_last=len(table) > config.batch_size * self.env.world_size,
+                drop_last=len(table) > config.batch_size,
             )
         else:
             self.train_loader = train_loader(self.train_set, config, self.env, self.collate)
@@ -166,6 +178,7 @@ class Trainer:
         self.state = RunState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.eval_loaders: dict[str, DataLoader] = {}
+        self.live = None  # rank 0's TensorBoard writer while `fit` runs
 
     def eval_splits(self) -> list[str]:
         return eval_splits(self.config)
@@ -173,7 +186,7 @@ class Trainer:
     def resume(self) -> None:
         payload = self.resume_payload or load_checkpoint(self.out / LAST)
         self.resume_payload = None  # its tensors are copied into the model and optimizer below
-        self.state = restore(self.parts, payload, self.env)
+        self.state = restore(self.parts, payload, self.env, self.device)
 
     # loops -----------------------------------------------------------------------------------------
 
@@ -182,28 +195,44 @@ class Trainer:
         loader.sampler.set_epoch(epoch)
         self.ddp_model.train()
         running: dict[str, torch.Tensor] = {}
-        count, started = 0, time.perf_counter()
+        count, started, waited = 0, time.perf_counter(), 0.0
         show = self.config.progress and self.env.is_main
+        batches = iter(loader)
         with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", disable=not show) as bar:
-            for batch in loader:
+            while True:
+                # Time blocked on the loader, read on the host clock: no device sync is added. Between
+                # syncs the host runs ahead of the GPU, so over a window this is the share of the
+                # step time spent waiting for data.
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - asked
+                if batch is None:
+                    break
                 terms = self.train_step(batch)
                 count += 1
                 bar.update()
                 for key, value in terms.items():
                     running[key] = running[key] + value if key in running else value
                 if count % self.config.sync_every == 0 and count < len(loader):
-                    self.show_progress(bar, self.synced_means(running, count), count, started)
+                    means = self.synced_means(running, count)
+                    signals = self.show_progress(bar, means, count, started, waited)
+                    write_scalars(self.live, {**means, **signals}, self.state.step)
             epoch_means = self.synced_means(running, count)  # the epoch's last step is read once, here
-            rate = self.show_progress(bar, epoch_means, count, started)
-        means = {**epoch_means, "samples_per_s": rate}
-        return means
+            signals = self.show_progress(bar, epoch_means, count, started, waited)
+        return {**epoch_means, **signals}
 
-    def show_progress(self, bar: tqdm, means: dict[str, float], count: int, started: float) -> float:
-        """Put the loss and samples/s on the progress bar; returns samples/s."""
-        rate = count * self.config.batch_size * self.env.world_size / max(time.perf_counter() - started, 1e-9)
+    def show_progress(
+        self, bar: tqdm, means: dict[str, float], count: int, started: float, waited: float
+    ) -> dict[str, float]:
+        """Put the loss, samples/s and the data-wait fraction on the progress bar; returns the last two."""
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rate = count * self.config.batch_size / elapsed  # the global batch
+        wait = min(1.0, waited / elapsed)
         if means:
-            bar.set_postfix(loss=f"{means['loss/total']:.3f}", samples_s=f"{rate:.1f}")
-        return rate
+            bar.set_postfix(
+                loss=f"{means['loss/total']:.3f}", samples_s=f"{rate:.1f}", data_wait=f"{wait:.0%}"
+            )
+        return {"samples_per_s": rate, "data_wait_fraction": wait}
 
     def synced_means(self, running: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """Epoch-so-far mean of each loss term (and diagnostic) over all ranks; stops the run if any
@@ -232,7 +261,7 @@ class Trainer:
             output = self.ddp_model(**model_inputs(batch, self.device))
         box = batch["box"]
         targets = LossTargets(
-            box.to(self.device) if box is not None else None,
+            box.to(self.device, non_blocking=True) if box is not None else None,  # pinned: no host wait
             teacher_image,
             teacher_text,
             self.source.teacher_grad,
@@ -255,7 +284,7 @@ class Trainer:
         if split not in self.eval_loaders and self.config.precompute_frozen:
             table = self.frozen_tables[split]
             self.eval_loaders[split] = table_loader(
-                table, self.config.batch_size, EvalShardSampler(len(table), self.env)
+                table, self.batch_size, EvalShardSampler(len(table), self.env)
             )
         if split not in self.eval_loaders:
             dataset = GroundingDataset(self.samples[split], EvalTransform(self.transform_config), seed=0)
@@ -263,7 +292,7 @@ class Trainer:
                 dataset,
                 self.collate,
                 self.env,
-                self.config.batch_size,
+                self.batch_size,
                 self.config.workers,
                 persistent=self.config.persistent_workers,
             )
@@ -275,13 +304,28 @@ class Trainer:
         config, env = self.config, self.env
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            # The effective batch beside the options: --batch-size is global, each rank takes a share.
+            batch = {"world_size": env.world_size, "batch_size_per_rank": self.batch_size}
+            (self.out / "config.json").write_text(json.dumps({**config.to_dict(), **batch}, indent=2))
+            print(f"batch: {config.batch_size} global = {env.world_size} rank(s) x {self.batch_size}")
         if config.resume:
             self.resume()
         metrics_path = self.out / METRICS
         if env.is_main:
             start_metrics(metrics_path, self.state.epoch if config.resume else None, self.resume_changes)
             print(f"targets: {self.source.describe()}")
+            self.live = open_live_signals(self.out)
+        try:
+            self.train_epochs(metrics_path)
+        finally:
+            if self.live is not None:
+                self.live.close()
+                self.live = None
+        return self.finish()
+
+    def train_epochs(self, metrics_path: Path) -> None:
+        """The epochs still to run, each followed by val, the metrics row and the checkpoints."""
+        config, env = self.config, self.env
         for epoch in range(self.state.epoch, config.epochs):
             train_terms = self.train_epoch(epoch)
             val = summarize(self.evaluate(config.val_split))
@@ -295,17 +339,20 @@ class Trainer:
                 self.best_weights = {
                     k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                 }
-            rng_states = gather_objects([rng_state()], env)  # a collective: every rank takes part
+            rng_states = gather_objects([rng_state(self.device)], env)  # a collective: every rank takes part
             if env.is_main:
                 row = {"kind": "epoch", "epoch": epoch + 1, "step": self.state.step, **train_terms}
                 row.update({f"val/{key}": value for key, value in val.items()})
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.device.type == "cuda":  # the epoch's peak, then counted afresh
+                    row["gpu/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 append_jsonl(metrics_path, row)
+                write_scalars(self.live, row, self.state.step)
                 payload = checkpoint_payload(self.parts, self.state, rng_states)
                 save_checkpoint(self.out / LAST, payload)
                 if improved:
                     save_checkpoint(self.out / BEST, payload)
-        return self.finish()
 
     def finish(self) -> dict[str, Any]:
         """Every split evaluated with the best-val weights (`best.pt`): val and test from one model."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from pipeline.student.config import StudentConfig
 from pipeline.student.weights import (
@@ -36,6 +37,33 @@ def body_levels(body: nn.Module, pixels: Tensor, channels_last: bool) -> list[Te
     if channels_last:
         levels = [level.permute(0, 3, 1, 2) for level in levels]
     return levels
+
+
+class ActivationDtypeFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d with its output in the input's dtype: the statistics stay fp32
+    (folded into one scale and shift in fp32), but the fp32 buffers no longer promote bf16 activations
+    to fp32, which doubled the backbone's activation memory and traffic under autocast."""
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, C, H, W], any float dtype; returns the same dtype
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(
+            shift.to(x.dtype).reshape(1, -1, 1, 1), x, scale.to(x.dtype).reshape(1, -1, 1, 1)
+        )
+
+
+def keep_activation_dtype(module: nn.Module) -> nn.Module:
+    """`module` with each FrozenBatchNorm2d (what timm's `freeze_batch_norm_2d` makes) replaced by
+    `ActivationDtypeFrozenBatchNorm2d`, its buffers (and so its state-dict keys) unchanged."""
+    if type(module) is FrozenBatchNorm2d:
+        kept = ActivationDtypeFrozenBatchNorm2d(module.weight.shape[0], eps=module.eps)
+        kept.load_state_dict(module.state_dict())
+        return kept.to(module.weight.device)
+    for name, child in module.named_children():
+        replaced = keep_activation_dtype(child)
+        if replaced is not child:
+            module.add_module(name, replaced)
+    return module
 
 
 class Backbone(nn.Module):
@@ -97,7 +125,8 @@ def _build_body(config: StudentConfig, pretrained: bool, out_indices: tuple[int,
     if pretrained and config.backbone_weights not in ("timm", "none"):
         load_matching_state_dict(body, _weights_file(config))
     if config.freeze_bn:
-        body = freeze_batch_norm_2d(body)  # after loading: frozen BN has no step counters to load
+        # after loading: frozen BN has no step counters to load
+        body = keep_activation_dtype(freeze_batch_norm_2d(body))
     freeze_leading_stages(body, config.frozen_backbone_stages)
     if config.channels_last:
         body = body.to(memory_format=torch.channels_last)
